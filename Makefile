@@ -1,0 +1,76 @@
+# The retraining bundle. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := $(PY) deploy/stack.py
+INSTALLED := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+## Show this help
+.PHONY: help
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z-]*:/{if(doc){split($$1,t,":"); printf "  make %-12s %s\n", t[1], doc}; doc=""}' $(MAKEFILE_LIST)
+
+$(INSTALLED): requirements.txt requirements-local.txt requirements-dev.txt constraints.txt
+	@deploy/bootstrap.sh $(PYTHON) $(VENV)
+	@touch $@
+
+## Create .venv and install the pinned requirements
+.PHONY: venv
+venv: $(INSTALLED)
+
+## Run every shipped retraining pipeline once, end to end, on the local stack
+.PHONY: run
+run: up
+	@$(STACK) exec -- $(PY) -m include.retrain_airflow.cli run-all
+
+## Start the local stack (PostgreSQL, S3 endpoint, Airflow) without running pipelines
+.PHONY: up
+up: $(INSTALLED)
+	@$(STACK) up
+
+## Stop the local stack (the S3 endpoint's objects live in memory and are lost)
+.PHONY: down
+down:
+	@if [ -x $(PY) ]; then $(STACK) down; fi
+
+## Show the health of every component of the local stack
+.PHONY: status
+status: $(INSTALLED)
+	@$(STACK) status
+
+## List the current model of every series in the model store
+.PHONY: models
+models: $(INSTALLED)
+	@$(STACK) exec -- $(PY) -m include.retrain_airflow.cli models
+
+## Render airflow.cfg from airflow.cfg.template (creates the env file on first use)
+.PHONY: config
+config: $(INSTALLED)
+	@$(STACK) config
+
+## Run the whole test suite (starts its own PostgreSQL database, S3 endpoint and Airflow)
+.PHONY: test
+test: $(INSTALLED)
+	@$(PY) -m pytest
+
+## Lint with ruff, including the Airflow 3 migration rules (AIR3)
+.PHONY: lint
+lint: $(INSTALLED)
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+## Regenerate constraints.txt from the current virtualenv (then run make test)
+.PHONY: constraints
+constraints: $(INSTALLED)
+	@{ echo "# Every package of a tested install (make test passed with exactly these); regenerate with"; \
+	   echo "# 'make constraints' after changing requirements*.txt, then run make test."; \
+	   $(PY) -m pip freeze --exclude-editable | grep -v '^pip=='; } > constraints.txt
+
+## Stop the stack and delete the virtualenv, the local state and caches
+.PHONY: clean
+clean: down
+	rm -rf $(VENV) .stack .stack-test .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

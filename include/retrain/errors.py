@@ -1,0 +1,84 @@
+"""Errors that tell the operator what broke and how to fix it.
+
+Every message names the pipeline, the series, the rule that was broken and the fix,
+because the person reading it is looking at a failed task log at 3 a.m.
+``permanent`` separates errors that a retry cannot cure (bad spec, bad data) from
+transient ones (an S3 endpoint that is down), so the Airflow side can fail fast.
+"""
+
+from __future__ import annotations
+
+
+class RetrainError(Exception):
+    """Base class: a message built from pipeline, series, rule and fix."""
+
+    permanent = True
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        fix: str,
+        pipeline: str | None = None,
+        series: str | None = None,
+        rule: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.fix = fix
+        self.pipeline = pipeline
+        self.series = series
+        self.rule = rule
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.pipeline:
+            where.append(f"pipeline {self.pipeline!r}")
+        if self.series:
+            where.append(f"series {self.series!r}")
+        head = ", ".join(where)
+        rule = f" [rule: {self.rule}]" if self.rule else ""
+        prefix = f"{head}: " if head else ""
+        return f"{prefix}{self.problem}{rule}. Fix: {self.fix}"
+
+    def within(self, pipeline: str, series: str | None = None) -> RetrainError:
+        """Fill in where the error happened when a lower layer did not know."""
+        self.pipeline = self.pipeline or pipeline
+        self.series = self.series or series
+        self.args = (self._render(),)
+        return self
+
+    def __str__(self) -> str:
+        return self._render()
+
+
+class SpecError(RetrainError):
+    """A pipeline spec file is invalid."""
+
+
+class SourceError(RetrainError):
+    """A data source cannot deliver the series."""
+
+
+class DataValidationError(RetrainError):
+    """A snapshot breaks one of the data rules."""
+
+
+class ModelError(RetrainError):
+    """A model cannot be built, fitted or used as the spec asks."""
+
+
+class StoreError(RetrainError):
+    """The model store cannot be reached or used.
+
+    Transient by default (an endpoint restart is cured by a retry); a missing bucket
+    or bad credentials are marked permanent by whoever raises them.
+    """
+
+    def __init__(self, problem: str, *, fix: str, permanent: bool = False, **kwargs: str | None):
+        self.permanent = permanent
+        super().__init__(problem, fix=fix, **kwargs)
+
+
+class IntegrityError(RetrainError):
+    """An artifact does not match the checksum recorded for it: it is not loaded."""

@@ -1,0 +1,122 @@
+"""Build, fit and forecast with the model a spec names.
+
+What gets pickled is the library's own object (a statsmodels results object or a
+scikit-learn ``Pipeline``), so anyone with those libraries can load and use it without
+this package. statsmodels models are fitted with ``low_memory=True``: the pickle keeps
+what out-of-sample forecasting needs and drops the per-observation smoother output.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import pandas as pd
+
+from include.retrain import features
+from include.retrain.errors import ModelError
+from include.retrain.spec import ArimaModel, Model, SklearnModel, StlArimaModel
+
+CALENDAR_CATEGORIES = {
+    "month": list(range(1, 13)),
+    "quarter": [1, 2, 3, 4],
+    "weekofyear": list(range(1, 54)),
+    "dayofweek": list(range(7)),
+}
+
+
+def _with_freq(series: pd.Series, frequency: str) -> pd.Series:
+    """statsmodels needs an explicit frequency to date its forecasts."""
+    return series.asfreq(frequency)
+
+
+def _fit_statsmodels(spec: ArimaModel | StlArimaModel, y: pd.Series) -> Any:
+    from statsmodels.tsa.arima.model import ARIMA
+    from statsmodels.tsa.forecasting.stl import STLForecast
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    if isinstance(spec, StlArimaModel):
+        model = STLForecast(
+            y,
+            ARIMA,
+            model_kwargs={"order": spec.order, "trend": spec.trend},
+            period=spec.period,
+            robust=spec.robust,
+        )
+        return model.fit(fit_kwargs={"low_memory": True})
+    seasonal = spec.seasonal_order or (0, 0, 0, 0)
+    cls = ARIMA if spec.kind == "arima" else SARIMAX
+    model = cls(y, order=spec.order, seasonal_order=seasonal, trend=spec.trend)
+    return model.fit(low_memory=True) if spec.kind == "arima" else model.fit(low_memory=True, disp=False)
+
+
+def estimator_class(path: str) -> type:
+    module_name, _, class_name = path.rpartition(".")
+    fix = "set model.estimator to the dotted path of a regressor class, e.g. sklearn.linear_model.Ridge"
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"unknown model class {path!r} ({exc})", rule="model class exists", fix=fix) from None
+    if not (isinstance(cls, type) and hasattr(cls, "fit") and hasattr(cls, "predict")):
+        raise ModelError(f"{path!r} is not an estimator class with fit/predict", rule="estimator", fix=fix)
+    return cls
+
+
+def build_sklearn(spec: SklearnModel) -> Any:
+    """A Pipeline: scale the lags, one-hot the calendar, then the estimator."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    try:
+        estimator = estimator_class(spec.estimator)(**spec.params)
+    except TypeError as exc:
+        raise ModelError(
+            f"model.params do not fit {spec.estimator}: {exc}",
+            rule="estimator params",
+            fix="use parameter names the estimator's constructor accepts",
+        ) from None
+    transformers: list[tuple[str, Any, list[str]]] = [
+        ("lags", StandardScaler() if spec.scale else "passthrough", features.lag_columns(spec))
+    ]
+    if spec.calendar:
+        categories = [CALENDAR_CATEGORIES[name] for name in spec.calendar]
+        encoder = OneHotEncoder(categories=categories, handle_unknown="ignore")
+        transformers.append(("calendar", encoder, list(spec.calendar)))
+    return Pipeline([("features", ColumnTransformer(transformers)), ("model", estimator)])
+
+
+def fit(spec: Model, y: pd.Series, frequency: str) -> tuple[Any, list[str]]:
+    """Fit on ``y`` only; return the fitted object and the warnings raised while fitting."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if isinstance(spec, SklearnModel):
+                table = features.build_table(y, spec)
+                fitted = build_sklearn(spec).fit(table[features.feature_columns(spec)], table["y"])
+            else:
+                fitted = _fit_statsmodels(spec, _with_freq(y, frequency))
+        except ModelError:
+            raise
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise ModelError(
+                f"fitting {spec.kind} failed: {exc}",
+                rule="model fits",
+                fix="check model settings in the spec (order, seasonal_order, params) against the data",
+            ) from None
+    notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    return fitted, notes
+
+
+def forecast(fitted: Any, spec: Model, history: pd.Series, steps: int, frequency: str) -> pd.Series:
+    """Forecast ``steps`` periods after the end of ``history``."""
+    index = pd.date_range(history.index[-1], periods=steps + 1, freq=frequency, name="timestamp")[1:]
+    if not isinstance(spec, SklearnModel):
+        values = fitted.forecast(steps)
+        return pd.Series(list(values), index=index, name="forecast")
+    path = history.astype("float64").copy()
+    for timestamp in index:
+        row = features.next_row(path, timestamp, spec)
+        path.loc[timestamp] = float(fitted.predict(row[features.feature_columns(spec)])[0])
+    return path.loc[index].rename("forecast")

@@ -1,0 +1,192 @@
+"""The retraining chain for one series, one stage per function, over a model store.
+
+Each stage reads the artifacts its upstream stage wrote, writes its own under the run's
+version, and returns a small dict of keys (``Ref``) for the next stage: that dict is what
+travels through XCom, never a frame or a model. Keys depend only on the pipeline, the
+series and the run's version, so a retry or a rerun overwrites the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+
+from include.retrain import evaluate, features, frames, models, registry, sources, validate
+from include.retrain.errors import RetrainError
+from include.retrain.spec import PipelineSpec, SklearnModel
+from include.retrain.split import time_split
+from include.retrain.store import Layout, Store
+
+Ref = dict[str, Any]
+
+
+class Stage:
+    """Binds a spec, a store and a run so each stage reads as the work it does."""
+
+    def __init__(self, spec: PipelineSpec, store: Store, root: str, run: registry.RunInfo) -> None:
+        self.spec = spec
+        self.store = store
+        self.run = run
+        self.layout = Layout(root, spec.store_prefix, spec.name)
+
+    @contextmanager
+    def about(self, series: str) -> Iterator[None]:
+        """Every error leaving a stage names the pipeline and the series."""
+        try:
+            yield
+        except RetrainError as exc:
+            raise exc.within(self.spec.name, series) from exc.__cause__
+
+    def key(self, series: str, name: str) -> str:
+        return self.layout.work(series, self.run.version, name)
+
+    def put_frame(self, series: str, name: str, frame: pd.DataFrame | pd.Series) -> str:
+        key = self.key(series, name)
+        self.store.write(key, frames.to_parquet(frame.to_frame() if isinstance(frame, pd.Series) else frame))
+        return key
+
+    def get_series(self, key: str) -> pd.Series:
+        return frames.from_parquet(self.store.read(key))["y"].asfreq(self.spec.frequency)
+
+    # -- the chain ---------------------------------------------------------------------
+
+    def extract(self, series: str) -> Ref:
+        """Snapshot the source's rows for the run's window."""
+        with self.about(series):
+            target = self.spec.series_by_name(series).target
+            frame = sources.load(self.spec, target, pd.Timestamp(self.run.window_end).to_pydatetime())
+            return {"series": series, "raw": self.put_frame(series, "raw.parquet", frame), "rows": len(frame)}
+
+    def validate(self, ref: Ref) -> Ref:
+        series = ref["series"]
+        with self.about(series):
+            frame = frames.from_parquet(self.store.read(ref["raw"]))
+            target = self.spec.series_by_name(series).target
+            report = validate.run_rules(frame, self.spec, target, self.run.window_end)
+            self.store.write(self.key(series, "validation.json"), registry.to_json(report))
+            return {**ref, "validation": report}
+
+    def preprocess(self, ref: Ref) -> Ref:
+        series = ref["series"]
+        with self.about(series):
+            frame = frames.from_parquet(self.store.read(ref["raw"]))
+            clean = features.regularize(frame, self.spec.series_by_name(series).target, self.spec)
+            out = {**ref, "clean": self.put_frame(series, "clean.parquet", clean)}
+            if isinstance(self.spec.model, SklearnModel):
+                out["features"] = self.put_frame(
+                    series, "features.parquet", features.build_table(clean, self.spec.model)
+                )
+            return out
+
+    def split(self, ref: Ref) -> Ref:
+        series = ref["series"]
+        with self.about(series):
+            clean = self.get_series(ref["clean"])
+            lags = self.spec.model.lags if isinstance(self.spec.model, SklearnModel) else 0
+            train, test = time_split(clean, self.spec.split.test_size, min_train=max(lags + 2, 2 * (lags or 1), 8))
+            return {
+                **ref,
+                "train": self.put_frame(series, "train.parquet", train),
+                "test": self.put_frame(series, "test.parquet", test),
+                "rows_train": len(train),
+                "rows_test": len(test),
+            }
+
+    def train(self, ref: Ref) -> Ref:
+        series = ref["series"]
+        with self.about(series):
+            fitted, notes = models.fit(self.spec.model, self.get_series(ref["train"]), self.spec.frequency)
+            data = registry.dumps(fitted)
+            key = self.key(series, "candidate.pkl")
+            self.store.write(key, data)
+            return {**ref, "candidate": key, "candidate_sha256": registry.sha256(data), "fit_warnings": notes}
+
+    def evaluate(self, ref: Ref) -> Ref:
+        series = ref["series"]
+        with self.about(series):
+            train, test = self.get_series(ref["train"]), self.get_series(ref["test"])
+            fitted = registry.verified_loads(
+                self.store.read(ref["candidate"]), ref["candidate_sha256"], ref["candidate"]
+            )
+            predicted = models.forecast(fitted, self.spec.model, train, len(test), self.spec.frequency)
+            ev = self.spec.evaluation
+            naive = evaluate.baseline(train, test.index, ev.baseline, ev.season_length)
+            metrics = {
+                "primary_metric": ev.primary_metric,
+                "model": evaluate.score(test, predicted, ev.metrics),
+                "baseline": evaluate.score(test, naive, ev.metrics),
+                "baseline_kind": ev.baseline,
+                "horizon": len(test),
+            }
+            self.store.write(self.key(series, "metrics.json"), registry.to_json(metrics))
+            return {**ref, "metrics": metrics}
+
+    def publish(self, ref: Ref) -> Ref:
+        series = ref["series"]
+        with self.about(series):
+            clean = self.get_series(ref["clean"])
+            if self.spec.split.refit_on_full:
+                fitted, _ = models.fit(self.spec.model, clean, self.spec.frequency)
+            else:
+                data = self.store.read(ref["candidate"])
+                fitted = registry.verified_loads(data, ref["candidate_sha256"], ref["candidate"])
+            model_bytes = registry.dumps(fitted)
+            _smoke_test(model_bytes, lambda m: models.forecast(m, self.spec.model, clean, 1, self.spec.frequency))
+            manifest = self.manifest(ref, clean, model_bytes)
+            result = registry.publish(self.store, self.layout, series, model_bytes, manifest)
+            return {
+                "pipeline": self.spec.name,
+                "series": series,
+                "version": self.run.version,
+                "metrics": ref["metrics"],
+                "model_key": result["model"],
+                "store": self.store.describe(result["model"]),
+                "bytes": len(model_bytes),
+                "latest_moved": result["latest_moved"],
+            }
+
+    def manifest(self, ref: Ref, clean: pd.Series, model_bytes: bytes) -> dict[str, Any]:
+        spec, run = self.spec, self.run
+        usage: dict[str, Any] = {"load": "pickle.load(open('model.pkl', 'rb')) after checking sha256"}
+        if isinstance(spec.model, SklearnModel):
+            usage.update(
+                kind="scikit-learn Pipeline, one step ahead; forecast further by feeding predictions back",
+                feature_columns=features.feature_columns(spec.model),
+                lags=spec.model.lags,
+                calendar=list(spec.model.calendar),
+                last_observations={str(k): float(v) for k, v in clean.iloc[-spec.model.lags :].items()},
+            )
+        else:
+            usage.update(kind="statsmodels results", forecast="model.forecast(steps)")
+        return {
+            "pipeline": spec.name,
+            "series": ref["series"],
+            "target": spec.series_by_name(ref["series"]).target,
+            "version": run.version,
+            "dag_id": run.dag_id,
+            "run_id": run.run_id,
+            "data_window": {
+                "start": run.window_start,
+                "end": run.window_end,
+                "first_timestamp": str(clean.index[0]),
+                "last_timestamp": str(clean.index[-1]),
+            },
+            "frequency": spec.frequency,
+            "rows": {"total": len(clean), "train": ref["rows_train"], "test": ref["rows_test"]},
+            "data_fingerprint": frames.fingerprint(clean.to_frame()),
+            "model": json.loads(spec.model.model_dump_json()),
+            "refit_on_full": spec.split.refit_on_full,
+            "metrics": ref["metrics"],
+            "artifact": {"file": "model.pkl", "sha256": registry.sha256(model_bytes), "bytes": len(model_bytes)},
+            "usage": usage,
+            "libraries": registry.library_versions(),
+        }
+
+
+def _smoke_test(model_bytes: bytes, use: Callable[[Any], Any]) -> None:
+    """Publish only a pickle that loads and forecasts in this very environment."""
+    use(registry.verified_loads(model_bytes, registry.sha256(model_bytes), "model.pkl"))

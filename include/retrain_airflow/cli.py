@@ -1,0 +1,184 @@
+"""Operator commands: run every pipeline through Airflow, list published models.
+
+    python -m include.retrain_airflow.cli run-all      # trigger every retrain_* DAG, wait, report
+    python -m include.retrain_airflow.cli models       # the current model of every series
+    python -m include.retrain_airflow.cli ensure-bucket
+
+``run-all`` goes through the api-server's REST API with a real login, like an operator;
+``models`` reads the model store through the same store code the tasks use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from include.retrain.registry import list_latest
+from include.retrain.settings import Settings, parse_store_uri
+from include.retrain.spec import spec_names
+from include.retrain_airflow.store import S3Store, open_store
+
+TERMINAL = {"success", "failed"}
+
+
+class Api:
+    """The api-server's REST API with a bearer token from the auth manager."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base = base.rstrip("/")
+        response = requests.post(
+            f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=30
+        )
+        response.raise_for_status()
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.request(method, f"{self.base}/api/v2{path}", timeout=30, **kwargs)
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.call(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+
+def api_from_env(env: dict[str, str]) -> Api:
+    passwords = json.loads(Path(env["RETRAIN_STATE_DIR"], "admin-password.json").read_text())
+    base = f"http://{env['RETRAIN_API_HOST']}:{env['RETRAIN_API_PORT']}"
+    return Api(base, "admin", passwords["admin"])
+
+
+def wait_for_dags(api: Api, dag_ids: list[str], timeout: float) -> None:
+    """Wait until the dag-processor has parsed every pipeline; fail on import errors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        errors = api.json("GET", "/importErrors")["import_errors"]
+        if errors:
+            details = "\n".join(f"  {e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors)
+            raise SystemExit(f"DAG import errors:\n{details}")
+        known = {d["dag_id"] for d in api.json("GET", "/dags", params={"limit": 1000})["dags"]}
+        if set(dag_ids) <= known:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"DAGs not parsed after {timeout:.0f}s: {sorted(set(dag_ids) - known)}")
+        time.sleep(2)
+
+
+def trigger(api: Api, dag_id: str) -> str:
+    """Trigger one run of the latest complete interval, then unpause.
+
+    The run takes the logical date the scheduler would give that interval, so unpausing
+    does not add a second, scheduled run of the same data; if that run exists already
+    (an earlier ``make run``), a manual run of the same interval is added instead.
+    """
+    dag = api.json("GET", f"/dags/{dag_id}")
+    now = datetime.now(UTC).isoformat()
+    body: dict[str, Any] = {"logical_date": now, "note": "triggered by make run"}
+    due = dag.get("next_dagrun_run_after")
+    if dag.get("next_dagrun_logical_date") and due and due <= now:
+        body.update(
+            logical_date=dag["next_dagrun_logical_date"],
+            data_interval_start=dag["next_dagrun_data_interval_start"],
+            data_interval_end=dag["next_dagrun_data_interval_end"],
+        )
+    response = api.call("POST", f"/dags/{dag_id}/dagRuns", json=body)
+    if response.status_code == 409:
+        response = api.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": now})
+    response.raise_for_status()
+    api.json("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+    return response.json()["dag_run_id"]
+
+
+def wait_for_runs(api: Api, runs: dict[str, str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for dag_id, run_id in runs.items():
+            states[dag_id] = api.json("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        if all(state in TERMINAL for state in states.values()):
+            return states
+        time.sleep(2)
+    return states
+
+
+def failed_tasks(api: Api, dag_id: str, run_id: str) -> list[str]:
+    instances = api.json("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+    return [
+        f"{ti['task_id']}[{ti.get('rendered_map_index') or ti['map_index']}]: {ti['state']}"
+        for ti in instances["task_instances"]
+        if ti["state"] not in ("success", "skipped")
+    ]
+
+
+def models_table(settings: Settings) -> str:
+    store, root = open_store(settings)
+    rows = list_latest(store, root)
+    if not rows:
+        return "no published models yet"
+    lines = [f"{'pipeline':<12} {'series':<9} {'version':<17} {'metric':<6} {'model':>10} {'baseline':>10}  model key"]
+    for row in rows:
+        metric = row["primary_metric"] or "mae"
+        value, base = row["model"].get(metric), row["baseline"].get(metric)
+        lines.append(
+            f"{row['pipeline']:<12} {row['series']:<9} {row['version']:<17} {metric:<6} "
+            f"{_num(value):>10} {_num(base):>10}  {store.describe(row['model_key'])}"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def run_all(timeout: float) -> int:
+    env = dict(os.environ)
+    settings = Settings.from_env(env)
+    api = api_from_env(env)
+    dag_ids = [f"retrain_{name}" for name in spec_names(settings.pipelines_dir)]
+    wait_for_dags(api, dag_ids, timeout=120)
+    started = time.monotonic()
+    runs = {dag_id: trigger(api, dag_id) for dag_id in dag_ids}
+    for dag_id, run_id in runs.items():
+        print(f"triggered {dag_id}: run {run_id}")
+    states = wait_for_runs(api, runs, timeout)
+    print(f"\nruns finished in {time.monotonic() - started:.1f}s: " + ", ".join(f"{d}={s}" for d, s in states.items()))
+    failed = [dag_id for dag_id, state in states.items() if state != "success"]
+    for dag_id in failed:
+        print(f"  {dag_id} did not succeed: {'; '.join(failed_tasks(api, dag_id, runs[dag_id]))}", file=sys.stderr)
+    print("\nPublished models (latest version of each series; metric on the test window):")
+    print(models_table(settings))
+    host, port = env["RETRAIN_API_HOST"], env["RETRAIN_API_PORT"]
+    password_file = Path(env["RETRAIN_STATE_DIR"], "admin-password.json")
+    print(f"\nNext:\n  UI:      http://{host}:{port}  (user admin, password in {password_file})")
+    print("  models:  make models\n  status:  make status\n  stop:    make down")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run-all", "models", "ensure-bucket"])
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the runs")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env(os.environ)
+    if args.command == "run-all":
+        return run_all(args.timeout)
+    if args.command == "models":
+        print(models_table(settings))
+        return 0
+    location = parse_store_uri(settings.model_store)
+    if location.scheme == "s3":
+        created = S3Store(location.bucket, settings.aws_conn_id).ensure_bucket()
+        print(f"[stack] bucket {location.bucket}: {'created' if created else 'exists'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

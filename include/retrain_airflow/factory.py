@@ -1,0 +1,106 @@
+"""Build one retraining DAG from one pipeline spec.
+
+Each ``dags/retrain_<name>.py`` calls ``build_retrain_dag("<name>")``: one file per spec,
+so a broken spec becomes an import error of its own DAG file and leaves every other
+pipeline running. This module is imported at parse time: it loads the spec (YAML and
+pydantic only) and wires tasks; the work happens in ``runtime`` inside each task.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, get_current_context, task
+
+from include.retrain.settings import Settings
+from include.retrain.spec import PipelineSpec, load_spec
+
+DEFAULT_RETRIES = 2
+TASK_TIMEOUT = timedelta(minutes=30)
+
+
+def _doc(spec: PipelineSpec, path: str) -> str:
+    series = ", ".join(f"`{s.name}` ({s.target})" for s in spec.series)
+    return (
+        f"### Retrain `{spec.name}`\n{spec.description}\n\n"
+        f"- **Spec:** `{path}`\n- **Source:** `{spec.source.kind}`\n- **Series:** {series}\n"
+        f"- **Model:** `{spec.model.kind}`\n- **Schedule:** `{spec.schedule}` (UTC); each run trains on "
+        "data up to the end of its data interval\n\n"
+        "Per series: extract → validate → preprocess → split → train → evaluate → publish. "
+        "Published models land under `<store>/<store_prefix>/<pipeline>/<series>/<version>/` "
+        "with `model.pkl`, `manifest.json` and a `latest.json` pointer moved last."
+    )
+
+
+def _stage(spec: PipelineSpec, method: str, arg: Any) -> dict[str, Any]:
+    from include.retrain_airflow.runtime import run_stage  # heavy: pandas, models, boto3
+
+    return run_stage(spec, method, arg, get_current_context())
+
+
+def build_retrain_dag(name: str) -> DAG:
+    settings = Settings.from_env(os.environ)
+    path = settings.pipelines_dir / f"{name}.yaml"
+    spec = load_spec(path)
+    start = datetime.combine(spec.start_date, datetime.min.time(), tzinfo=UTC)
+    label = "{{ series }}"
+
+    with DAG(
+        dag_id=f"retrain_{spec.name}",
+        schedule=CronDataIntervalTimetable(spec.schedule, timezone="UTC"),
+        start_date=start,
+        catchup=False,
+        max_active_runs=1,  # two runs of one pipeline would race on its latest.json pointer
+        default_args={
+            "owner": spec.owner,
+            "retries": DEFAULT_RETRIES,
+            "retry_delay": timedelta(seconds=30),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=10),
+            "execution_timeout": TASK_TIMEOUT,
+        },
+        doc_md=_doc(spec, str(path)),
+        tags=["ml", "retraining", *spec.tags],
+    ) as dag:
+
+        @task(map_index_template=label)
+        def extract(series: str) -> dict[str, Any]:
+            """Snapshot the series' rows up to the end of the run's data interval."""
+            return _stage(spec, "extract", series)
+
+        @task(map_index_template=label)
+        def validate(ref: dict[str, Any]) -> dict[str, Any]:
+            """Schema, row count, timestamps, nulls, value bounds, frequency and gaps."""
+            return _stage(spec, "validate", ref)
+
+        @task(map_index_template=label)
+        def preprocess(ref: dict[str, Any]) -> dict[str, Any]:
+            """Regular frequency, gaps filled, model features built."""
+            return _stage(spec, "preprocess", ref)
+
+        @task(map_index_template=label)
+        def split(ref: dict[str, Any]) -> dict[str, Any]:
+            """Time-ordered train/test split."""
+            return _stage(spec, "split", ref)
+
+        @task(map_index_template=label)
+        def train(ref: dict[str, Any]) -> dict[str, Any]:
+            """Fit on train only; store the candidate pickle."""
+            return _stage(spec, "train", ref)
+
+        @task(map_index_template=label)
+        def evaluate(ref: dict[str, Any]) -> dict[str, Any]:
+            """Score the candidate and a naive baseline on the test window."""
+            return _stage(spec, "evaluate", ref)
+
+        @task(map_index_template=label)
+        def publish(ref: dict[str, Any]) -> dict[str, Any]:
+            """Refit if asked, write model.pkl and manifest.json, then move latest.json."""
+            return _stage(spec, "publish", ref)
+
+        refs = extract.expand(series=[s.name for s in spec.series])
+        for step in (validate, preprocess, split, train, evaluate, publish):
+            refs = step.expand(ref=refs)
+    return dag

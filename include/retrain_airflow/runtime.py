@@ -1,0 +1,65 @@
+"""What a retraining task does when it runs: resolve the run, open the store, run a stage.
+
+Imported only inside task bodies (it pulls in pandas and the model libraries), never at
+DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+from croniter import croniter
+
+from include.retrain.errors import RetrainError
+from include.retrain.registry import RunInfo
+from include.retrain.settings import Settings
+from include.retrain.spec import PipelineSpec
+from include.retrain.stages import Stage
+from include.retrain_airflow.store import open_store
+
+VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def run_info(context: dict[str, Any], spec: PipelineSpec) -> RunInfo:
+    """The run's data window; the version id is its end, so reruns reuse the same keys.
+
+    A run triggered without a logical date has no data interval in Airflow 3; its window
+    is then the last complete schedule interval before the run was requested, exactly
+    what the timetable would infer for a manual run with a logical date.
+    """
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if end is None:
+        run_after = _utc(context["dag_run"].run_after)
+        ticks = croniter(spec.schedule, run_after)
+        end = ticks.get_prev(datetime)
+        start = ticks.get_prev(datetime)
+    end = _utc(end)
+    return RunInfo(
+        version=end.strftime(VERSION_FORMAT),
+        window_start=_utc(start).isoformat() if start else None,
+        window_end=end.isoformat(),
+        dag_id=context["dag"].dag_id,
+        run_id=context["run_id"],
+    )
+
+
+def run_stage(spec: PipelineSpec, method: str, arg: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """Run one stage; errors no retry can cure fail the task at once, with their message."""
+    context["series"] = arg if isinstance(arg, str) else arg["series"]  # map_index_template
+    settings = Settings.from_env(os.environ)
+    try:
+        store, root = open_store(settings)
+        stage = Stage(spec, store, root, run_info(context, spec))
+        return getattr(stage, method)(arg)
+    except RetrainError as exc:
+        exc.within(spec.name, context["series"])
+        if exc.permanent:
+            raise AirflowFailException(str(exc)) from exc
+        raise
