@@ -52,7 +52,7 @@ def state_dir() -> Path:
     return Path(os.environ.get("RETRAIN_STACK_DIR", BUNDLE / ".stack")).resolve()
 
 
-def defaults(state: Path) -> dict[str, str]:
+def defaults() -> dict[str, str]:
     """Settings that may come from the caller's environment, else these local defaults."""
     cores = os.cpu_count() or 2
     values = {
@@ -67,6 +67,8 @@ def defaults(state: Path) -> dict[str, str]:
         "RETRAIN_PG_DB": "airflow_retrain",
         "RETRAIN_PG_USER": "retrain",
         "RETRAIN_PARALLELISM": str(max(4, 2 * cores)),
+        "RETRAIN_DAGS_DIR": str(BUNDLE / "dags"),
+        "RETRAIN_PIPELINES_DIR": str(BUNDLE / "include" / "pipelines"),
     }
     return {key: os.environ.get(key, value) for key, value in values.items()}
 
@@ -100,7 +102,7 @@ def ensure_env(state: Path) -> dict[str, str]:
     if path.exists():
         say(f"environment file {path} exists: keeping its secrets")
         return read_env_file(path)
-    settings = defaults(state)
+    settings = defaults()
     password = secrets.token_urlsafe(24)
     s3 = f"http://127.0.0.1:{settings['RETRAIN_S3_PORT']}"
     aws = {

@@ -202,6 +202,9 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"]
     if error["type"] == "literal_error":
         message = f"got {error['input']!r}; allowed: {error['ctx']['expected']}"
+    elif error["type"] == "union_tag_invalid":
+        field = f"{field}.{error['ctx']['discriminator'].strip(chr(39))}"
+        message = f"got {error['ctx']['tag']!r}; allowed: {error['ctx']['expected_tags']}"
     elif error["type"] == "extra_forbidden":
         message = "unknown field (typo?)"
     elif error["type"] == "missing":

@@ -24,6 +24,7 @@ PERMANENT_CODES = {
     "InvalidAccessKeyId": "the access key is not known",
     "SignatureDoesNotMatch": "the secret key is wrong",
     "NoSuchKey": "the object does not exist",
+    "404": "the object (or its bucket) does not exist",
 }
 
 
@@ -49,7 +50,7 @@ class S3Store:
             reason = PERMANENT_CODES.get(code)
             if code == "NoSuchBucket":
                 fix = f"create bucket {self.bucket!r} or correct RETRAIN_MODEL_STORE"
-            elif code == "NoSuchKey":
+            elif code in ("NoSuchKey", "404"):
                 fix = "rerun the upstream task that writes it"
             else:
                 fix = f"check the credentials in Airflow connection {self.conn_id!r}"

@@ -1,0 +1,108 @@
+"""Every generated DAG parses, follows policy and stays cheap to parse."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import CronDataIntervalTimetable
+
+from include.retrain.spec import load_spec, spec_names
+
+BUNDLE = Path(__file__).resolve().parents[2]
+PIPELINES = BUNDLE / "include" / "pipelines"
+CHAIN = ["extract", "validate", "preprocess", "split", "train", "evaluate", "publish"]
+HEAVY = ("pandas", "numpy", "sklearn", "statsmodels", "boto3", "botocore", "pyarrow", "scipy")
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(str(BUNDLE / "dags"))
+
+
+def test_no_import_errors(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+
+
+def test_one_dag_per_spec(dagbag: DagBag) -> None:
+    """A spec without a DAG file (or the reverse) would silently never run."""
+    names = spec_names(PIPELINES)
+    assert names, "no pipeline specs shipped"
+    assert sorted(dagbag.dag_ids) == sorted(f"retrain_{n}" for n in names)
+    assert sorted(p.stem for p in (BUNDLE / "dags").glob("retrain_*.py")) == [f"retrain_{n}" for n in names]
+
+
+@pytest.mark.parametrize("name", spec_names(PIPELINES))
+def test_dag_policy(dagbag: DagBag, name: str) -> None:
+    dag = dagbag.dags[f"retrain_{name}"]
+    spec = load_spec(PIPELINES / f"{name}.yaml")
+    assert dag.max_active_runs == 1, "two runs would race on the latest.json pointer"
+    assert dag.catchup is False
+    assert {"ml", "retraining"} <= set(dag.tags)
+    assert isinstance(dag.timetable, CronDataIntervalTimetable), "runs need a real data interval"
+    assert dag.doc_md and name in dag.doc_md
+    for task in dag.tasks:
+        assert task.owner == spec.owner and task.owner != "airflow"
+        assert task.retries >= 2, f"{task.task_id} needs retries to survive a scheduler restart"
+        assert task.execution_timeout is not None
+
+
+@pytest.mark.parametrize("name", spec_names(PIPELINES))
+def test_chain_is_mapped_per_series(dagbag: DagBag, name: str) -> None:
+    dag = dagbag.dags[f"retrain_{name}"]
+    assert [t.task_id for t in dag.topological_sort()] == CHAIN
+    for upstream, downstream in itertools.pairwise(CHAIN):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert all(t.is_mapped for t in dag.tasks), "each stage fans out per series"
+
+
+def test_parsing_imports_nothing_heavy(tmp_path: Path) -> None:
+    """The dag-processor re-parses every file often: no pandas, sklearn, boto3 at parse time."""
+    script = (
+        "import sys, json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag({str(BUNDLE / 'dags')!r})\n"
+        f"print(json.dumps({{'dags': sorted(bag.dag_ids), 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=BUNDLE, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["dags"] and result["heavy"] == []
+
+
+def _bundle_copy(tmp_path: Path) -> tuple[Path, Path]:
+    dags, pipelines = tmp_path / "dags", tmp_path / "pipelines"
+    shutil.copytree(BUNDLE / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PIPELINES, pipelines)
+    return dags, pipelines
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("kind: stl_arima", "kind: prophet"), ["model", "allowed"]),
+        (("order: [1, 1, 1]", "order: [1, 1]"), ["model.stl_arima.order"]),
+        (("test_size: 52", "test_size: 0"), ["split.test_size", "greater than or equal to 1"]),
+        (("frequency: W-SAT", "frequncy: W-SAT"), ["frequncy", "unknown field"]),
+    ],
+)
+def test_broken_spec_is_an_import_error_of_its_own_dag_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: tuple[str, str], expected: list[str]
+) -> None:
+    dags, pipelines = _bundle_copy(tmp_path)
+    spec = pipelines / "co2_weekly.yaml"
+    assert edit[0] in spec.read_text()
+    spec.write_text(spec.read_text().replace(edit[0], edit[1]))
+    monkeypatch.setenv("RETRAIN_PIPELINES_DIR", str(pipelines))
+    bag = DagBag(str(dags))
+    assert list(bag.import_errors) == [str(dags / "retrain_co2_weekly.py")]
+    message = next(iter(bag.import_errors.values()))
+    for fragment in [str(spec), "Fix:", *expected]:
+        assert fragment in message
+    assert "retrain_us_macro" in bag.dag_ids, "a broken spec must not take other pipelines down"

@@ -1,0 +1,126 @@
+"""A live stack for the session: PostgreSQL database, S3 endpoint, api-server, scheduler,
+dag-processor, started by deploy/stack.py exactly as ``make run`` starts them.
+
+It gets its own state directory, metadata database (recreated) and free ports, so it
+never touches a developer's ``make run`` stack. Its DAGs folder holds the bundle's DAG
+files plus one test pipeline, ``flaky``, that reads a CSV file the tests rewrite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pandas as pd
+import pytest
+
+from deploy.stack import read_env_file
+from include.retrain_airflow.cli import Api, api_from_env
+from tests.helpers import BUNDLE, free_port
+
+FLAKY_SPEC = """\
+name: flaky
+description: Test pipeline reading a CSV file that the tests rewrite.
+schedule: "0 0 * * *"
+start_date: 2024-01-01
+frequency: D
+source: {{kind: file, path: "{csv}", time_column: day}}
+series:
+  - {{name: level, target: level}}
+validation: {{min_rows: 60, max_null_fraction: 0.05}}
+model: {{kind: arima, order: [1, 0, 0], trend: c}}
+split: {{test_size: 14}}
+"""
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    api: Api
+    state: Path
+
+    @property
+    def flaky_csv(self) -> Path:
+        return self.state / "data" / "flaky.csv"
+
+    def s3(self):
+        return boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{self.env['RETRAIN_S3_PORT']}",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            region_name="us-east-1",
+        )
+
+    @property
+    def bucket(self) -> str:
+        return self.env["RETRAIN_BUCKET"]
+
+    def get(self, key: str) -> bytes:
+        return self.s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def run(self, *command: str) -> subprocess.CompletedProcess[str]:
+        """A command with the stack's environment file, as `make` runs it."""
+        stack = [sys.executable, str(BUNDLE / "deploy" / "stack.py"), "exec", "--", *command]
+        return subprocess.run(stack, env=self.env, capture_output=True, text=True, timeout=900)
+
+
+def write_flaky_csv(path: Path, days: int = 120, duplicate: bool = False) -> None:
+    """A smooth daily series with noise; ``duplicate`` repeats one day (a broken export)."""
+    rng = np.random.default_rng(7)
+    index = pd.date_range("2025-01-01", periods=days, freq="D")
+    level = 50 + 5 * np.sin(np.arange(days) / 7) + rng.normal(0, 0.3, days)
+    frame = pd.DataFrame({"day": index.strftime("%Y-%m-%d"), "level": level.round(4)})
+    if duplicate:
+        frame = pd.concat([frame, frame.iloc[[10]]]).sort_values("day", kind="stable")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("stack")
+    dags, pipelines = state / "dags", state / "pipelines"
+    shutil.copytree(BUNDLE / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(BUNDLE / "include" / "pipelines", pipelines)
+    (dags / "retrain_flaky.py").write_text(
+        '"""Test pipeline."""\nfrom include.retrain_airflow.factory import build_retrain_dag\n\n'
+        'dag = build_retrain_dag("flaky")\n'
+    )
+    csv = state / "data" / "flaky.csv"
+    write_flaky_csv(csv)
+    (pipelines / "flaky.yaml").write_text(FLAKY_SPEC.format(csv=csv))
+    settings = {
+        "RETRAIN_STACK_DIR": str(state),
+        "RETRAIN_API_PORT": str(free_port()),
+        "RETRAIN_LOG_SERVER_PORT": str(free_port()),
+        "RETRAIN_SCHEDULER_HEALTH_PORT": str(free_port()),
+        "RETRAIN_S3_PORT": str(free_port()),
+        "RETRAIN_PG_DB": "airflow_retrain_test",
+        "RETRAIN_BUCKET": "retrain-test-models",
+        "RETRAIN_DAGS_DIR": str(dags),
+        "RETRAIN_PIPELINES_DIR": str(pipelines),
+    }
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN_"))}
+    env = {**base_env, **settings}
+    command = [sys.executable, str(BUNDLE / "deploy" / "stack.py")]
+    try:
+        subprocess.run([*command, "up", "--reset-db"], env=env, check=True, timeout=600)
+        file_env = read_env_file(state / "airflow.env")
+        yield Stack(env={**env, **file_env}, api=api_from_env(file_env), state=state)
+    finally:
+        subprocess.run([*command, "down"], env=env, timeout=120)
+        logs = state / "logs"
+        if logs.exists():
+            print(f"stack logs kept in {logs}")

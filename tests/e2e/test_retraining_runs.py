@@ -1,0 +1,152 @@
+"""Whole DAG runs through Airflow (api-server, scheduler, dag-processor, LocalExecutor)
+on PostgreSQL, publishing to an S3 endpoint over HTTP; then a consumer loads the models.
+
+The tests run in file order and share one stack: the first one is ``make run``'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from include.retrain_airflow.cli import failed_tasks, wait_for_runs
+from tests.e2e.conftest import Stack, write_flaky_csv
+
+pytestmark = pytest.mark.e2e
+
+SHIPPED = {"co2_weekly": ["co2"], "us_macro": ["realgdp", "unemp"]}
+
+# A consumer with statsmodels / scikit-learn and nothing of this bundle: check the
+# checksum, unpickle, forecast. For a scikit-learn Pipeline the manifest says which
+# lags and calendar columns to feed it.
+CONSUMER = r"""
+import hashlib, json, pickle, sys
+import pandas as pd
+manifest = json.load(open(sys.argv[2]))
+data = open(sys.argv[1], "rb").read()
+assert hashlib.sha256(data).hexdigest() == manifest["artifact"]["sha256"], "checksum"
+model = pickle.loads(data)
+usage = manifest["usage"]
+if "feature_columns" in usage:
+    last = list(usage["last_observations"].items())
+    when = pd.date_range(last[-1][0], periods=2, freq=manifest["frequency"])[1]
+    row = {f"lag_{k}": [last[-k][1]] for k in range(1, usage["lags"] + 1)}
+    calendar = {"quarter": when.quarter, "month": when.month, "dayofweek": when.dayofweek,
+                "weekofyear": when.isocalendar().week}
+    row.update({name: [int(calendar[name])] for name in usage["calendar"]})
+    forecast = list(model.predict(pd.DataFrame(row)[usage["feature_columns"]]))
+else:
+    forecast = [float(v) for v in model.forecast(3)]
+print(json.dumps({"type": type(model).__module__ + "." + type(model).__name__, "forecast": forecast}))
+"""
+
+
+def _latest(stack: Stack, pipeline: str, series: str) -> dict:
+    return json.loads(stack.get(f"models/{pipeline}/{series}/latest.json"))
+
+
+def _trigger_now(stack: Stack, dag_id: str) -> str:
+    body = {"logical_date": datetime.now(UTC).isoformat()}
+    return stack.api.json("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+
+
+def _task_states(stack: Stack, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
+    found = stack.api.json("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+    return {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in found["task_instances"]}
+
+
+def test_make_run_job_publishes_every_pipeline(stack: Stack) -> None:
+    """`make run`'s job: trigger every pipeline through the REST API, wait, print the table."""
+    started = time.monotonic()
+    done = stack.run(sys.executable, "-m", "include.retrain_airflow.cli", "run-all", "--timeout", "600")
+    print(done.stdout[-3000:], done.stderr[-3000:], f"run-all took {time.monotonic() - started:.1f}s")
+    assert done.returncode == 0
+    assert "retrain_co2_weekly=success" in done.stdout and "retrain_us_macro=success" in done.stdout
+    for pipeline, series_names in SHIPPED.items():
+        for series in series_names:
+            pointer = _latest(stack, pipeline, series)
+            assert f"s3://{stack.bucket}/{pointer['model']}" in done.stdout
+
+
+@pytest.mark.parametrize(("pipeline", "series"), [(p, s) for p, names in SHIPPED.items() for s in names])
+def test_published_model_loads_and_forecasts_without_the_bundle(
+    stack: Stack, tmp_path: Path, pipeline: str, series: str
+) -> None:
+    pointer = _latest(stack, pipeline, series)
+    manifest = json.loads(stack.get(pointer["manifest"]))
+    model = stack.get(pointer["model"])
+    assert hashlib.sha256(model).hexdigest() == manifest["artifact"]["sha256"] == pointer["sha256"]
+    assert manifest["artifact"]["bytes"] == len(model)
+    assert (manifest["pipeline"], manifest["series"], manifest["dag_id"]) == (pipeline, series, f"retrain_{pipeline}")
+    assert manifest["version"] == pointer["version"] and manifest["run_id"]
+    assert set(manifest["metrics"]["model"]) == {"mae", "rmse", "mape"}
+    assert manifest["metrics"]["baseline"]["mae"] is not None
+    assert manifest["data_fingerprint"].startswith("sha256:")
+    assert {"pandas", "statsmodels", "scikit-learn"} <= set(manifest["libraries"])
+    (tmp_path / "model.pkl").write_bytes(model)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", CONSUMER, "model.pkl", "manifest.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["forecast"] and all(abs(v) < 1e9 for v in result["forecast"])
+    assert result["type"].startswith(("statsmodels.", "sklearn."))
+
+
+def test_rerun_of_a_run_rewrites_the_same_keys(stack: Stack) -> None:
+    """Clearing a finished run retrains into the same version: same keys, same pointer."""
+    dag_id = "retrain_co2_weekly"
+    run = stack.api.json("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 1})
+    run_id = run["dag_runs"][0]["dag_run_id"]
+    pointer = _latest(stack, "co2_weekly", "co2")
+    before = stack.keys(f"models/co2_weekly/co2/{pointer['version']}/")
+    body = {"dag_run_id": run_id, "dry_run": False, "only_failed": False, "reset_dag_runs": True}
+    stack.api.json("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)
+    states = wait_for_runs(stack.api, {dag_id: run_id}, timeout=300)
+    assert states[dag_id] == "success", failed_tasks(stack.api, dag_id, run_id)
+    assert _task_states(stack, dag_id, run_id)["publish"] == ("success", 2)
+    assert stack.keys(f"models/co2_weekly/co2/{pointer['version']}/") == before
+    assert _latest(stack, "co2_weekly", "co2") == pointer
+    manifest = json.loads(stack.get(pointer["manifest"]))
+    assert manifest["run_id"] == run_id and manifest["artifact"]["sha256"] == pointer["sha256"]
+
+
+def test_bad_data_fails_validate_at_once_and_keeps_the_published_model(stack: Stack) -> None:
+    """A broken export: validate fails without retrying, nothing published is touched."""
+    pointer_key = "models/flaky/level/latest.json"
+    pointer_before = stack.get(pointer_key)
+    model_key = json.loads(pointer_before)["model"]
+    model_before = stack.get(model_key)
+    write_flaky_csv(stack.flaky_csv, duplicate=True)
+    try:
+        run_id = _trigger_now(stack, "retrain_flaky")
+        states = wait_for_runs(stack.api, {"retrain_flaky": run_id}, timeout=300)
+    finally:
+        write_flaky_csv(stack.flaky_csv)
+    assert states["retrain_flaky"] == "failed"
+    tasks = _task_states(stack, "retrain_flaky", run_id)
+    assert tasks["extract"][0] == "success"
+    assert tasks["validate"] == ("failed", 1), "bad data is not worth a retry"
+    assert {tasks[t][0] for t in ("preprocess", "split", "train", "evaluate", "publish")} == {"upstream_failed"}
+    log = stack.api.call(
+        "GET",
+        f"/dags/retrain_flaky/dagRuns/{run_id}/taskInstances/validate/logs/1",
+        params={"map_index": 0, "full_content": True},
+        headers={"Accept": "application/json"},
+    ).text
+    for fragment in ("pipeline 'flaky'", "series 'level'", "duplicated timestamp", "unique timestamps", "Fix:"):
+        assert fragment in log
+    assert stack.get(pointer_key) == pointer_before
+    assert stack.get(model_key) == model_before
