@@ -37,6 +37,12 @@ def _fit_statsmodels(spec: ArimaModel | StlArimaModel, y: pd.Series) -> Any:
     from statsmodels.tsa.statespace.sarimax import SARIMAX
 
     if isinstance(spec, StlArimaModel):
+        if len(y) < 2 * spec.period:
+            raise ModelError(
+                f"stl_arima with period {spec.period} needs at least {2 * spec.period} training periods, got {len(y)}",
+                rule="two full seasons",
+                fix="lower model.period, or provide more history (window.max_history, split.test_size)",
+            )
         model = STLForecast(
             y,
             ARIMA,
@@ -69,8 +75,12 @@ def build_sklearn(spec: SklearnModel) -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+    cls = estimator_class(spec.estimator)
+    params = dict(spec.params)
+    if "random_state" in getattr(cls, "_get_param_names", list)() and "random_state" not in params:
+        params["random_state"] = 0  # a rerun of a run must reproduce the same model, byte for byte
     try:
-        estimator = estimator_class(spec.estimator)(**spec.params)
+        estimator = cls(**params)
     except TypeError as exc:
         raise ModelError(
             f"model.params do not fit {spec.estimator}: {exc}",
@@ -111,6 +121,17 @@ def fit(spec: Model, y: pd.Series, frequency: str) -> tuple[Any, list[str]]:
 
 def forecast(fitted: Any, spec: Model, history: pd.Series, steps: int, frequency: str) -> pd.Series:
     """Forecast ``steps`` periods after the end of ``history``."""
+    try:
+        return _forecast(fitted, spec, history, steps, frequency)
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise ModelError(
+            f"forecasting {steps} steps with {spec.kind} failed: {exc}",
+            rule="model forecasts",
+            fix="check the model settings in the spec against the data",
+        ) from None
+
+
+def _forecast(fitted: Any, spec: Model, history: pd.Series, steps: int, frequency: str) -> pd.Series:
     index = pd.date_range(history.index[-1], periods=steps + 1, freq=frequency, name="timestamp")[1:]
     if not isinstance(spec, SklearnModel):
         values = fitted.forecast(steps)

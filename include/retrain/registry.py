@@ -84,15 +84,29 @@ def to_json(value: dict[str, Any]) -> bytes:
 
 
 def publish(store: Store, layout: Layout, series: str, model: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the version, then move ``latest.json`` unless it points at a newer window.
+    """Write the version unless it exists, then move ``latest.json`` unless it points at a newer window.
 
-    A backfill of an old interval publishes its version but does not turn the clock back
-    for consumers reading ``latest.json``.
+    A published version is immutable: its manifest, written after the pickle, marks it
+    complete. Publishing it again with the same pickle (a retry, a rerun of the run) is a
+    no-op; with a different pickle it is refused, so a rerun can never leave the live
+    version half-replaced. A backfill of an old interval publishes its version but does
+    not turn the clock back for consumers reading ``latest.json``.
     """
     version = manifest["version"]
     directory = layout.version_dir(series, version)
-    store.write(f"{directory}/model.pkl", model)
-    store.write(f"{directory}/manifest.json", to_json(manifest))
+    published = read_json(store, f"{directory}/manifest.json")
+    sha = manifest["artifact"]["sha256"]
+    if published is None:
+        store.write(f"{directory}/model.pkl", model)
+        store.write(f"{directory}/manifest.json", to_json(manifest))
+    elif published.get("artifact", {}).get("sha256") != sha:
+        raise StoreError(
+            f"version {version} is already published with a different model "
+            f"(sha256 {str(published.get('artifact', {}).get('sha256'))[:12]}..., now {sha[:12]}...)",
+            rule="published versions are immutable",
+            fix="keep the published version; to replace it, delete its prefix in the store and rerun the run",
+            permanent=True,
+        )
     pointer_key = layout.latest(series)
     current = read_json(store, pointer_key)
     pointer = {
@@ -100,12 +114,12 @@ def publish(store: Store, layout: Layout, series: str, model: bytes, manifest: d
         "window_end": manifest["data_window"]["end"],
         "manifest": f"{directory}/manifest.json",
         "model": f"{directory}/model.pkl",
-        "sha256": manifest["artifact"]["sha256"],
+        "sha256": sha,
     }
-    moved = current is None or str(current.get("window_end", "")) <= pointer["window_end"]
+    moved = current != pointer and (current is None or str(current.get("window_end", "")) <= pointer["window_end"])
     if moved:
         store.write(pointer_key, to_json(pointer))
-    return {"pointer": pointer_key, "latest_moved": moved, **pointer}
+    return {"pointer": pointer_key, "latest_moved": moved, "already_published": published is not None, **pointer}
 
 
 def load_model(store: Store, layout: Layout, series: str, version: str = "latest") -> tuple[Any, dict[str, Any]]:

@@ -44,7 +44,7 @@ def parse_store_uri(uri: str) -> StoreLocation:
     parsed = urlparse(uri)
     if parsed.scheme == "s3" and parsed.netloc:
         return StoreLocation("s3", parsed.netloc, parsed.path.strip("/"))
-    if parsed.scheme == "file" and parsed.path.startswith("/"):
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path.startswith("/"):
         return StoreLocation("file", "", parsed.path.rstrip("/") or "/")
     raise StoreError(
         f"model store URI {uri!r} is not s3://<bucket>[/<prefix>] or file:///<absolute dir>",

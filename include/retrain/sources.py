@@ -64,7 +64,9 @@ def _read_file(source: FileSource) -> pd.DataFrame:
             rule="time column present",
         )
     try:
-        index = pd.to_datetime(frame.pop(source.time_column))
+        # utc=True: offsets that change (a local-time export across a clock change) still
+        # parse; naive stamps are taken as UTC. Everything downstream is naive UTC.
+        index = pd.to_datetime(frame.pop(source.time_column), utc=True).dt.tz_localize(None)
     except (ValueError, TypeError) as exc:
         raise SourceError(f"{path}: time column does not parse ({exc})", fix=fix, rule="timestamps parse") from None
     return frame.set_index(pd.DatetimeIndex(index))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from include.retrain.errors import SpecError
@@ -23,6 +24,12 @@ DOTTED_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 CALENDAR_FEATURES = ("month", "quarter", "weekofyear", "dayofweek")
 METRICS = ("mae", "rmse", "mape")
 STATSMODELS_DATASETS = ("co2", "macrodata", "sunspots", "nile")
+# pandas 3 offset aliases for regular series (checked here without importing pandas).
+_ANCHOR = "(-(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC))?"
+FREQUENCY = re.compile(
+    rf"^[1-9]?[0-9]*(D|B|h|min|s|W(-(MON|TUE|WED|THU|FRI|SAT|SUN))?|MS|ME|BMS|BME|QS{_ANCHOR}|QE{_ANCHOR}"
+    rf"|YS{_ANCHOR}|YE{_ANCHOR})$"
+)
 
 NonNegInt = Annotated[int, Field(ge=0, le=60)]
 
@@ -148,7 +155,7 @@ class PipelineSpec(_Strict):
     owner: str = "ml-platform"
     schedule: str = Field(description="cron expression; each run covers one interval")
     start_date: date
-    frequency: str = Field(description="pandas offset alias of the series, e.g. W-SAT, QS, MS")
+    frequency: str = Field(pattern=FREQUENCY.pattern, description="pandas offset alias, e.g. D, W-SAT, MS, QS")
     source: Source
     series: list[Series] = Field(min_length=1)
     window: Window = Window()
@@ -163,9 +170,8 @@ class PipelineSpec(_Strict):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        fields = value.split()
-        if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,\-A-Za-z]+", f) for f in fields):
-            raise ValueError("must be a 5-field cron expression, e.g. '0 6 * * 1'")
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError("must be a valid 5-field cron expression, e.g. '0 6 * * 1'")
         return value
 
     @field_validator("series")
@@ -207,6 +213,8 @@ def _describe(error: dict[str, Any]) -> str:
         message = f"got {error['ctx']['tag']!r}; allowed: {error['ctx']['expected_tags']}"
     elif error["type"] == "extra_forbidden":
         message = "unknown field (typo?)"
+    elif error["type"] == "string_pattern_mismatch" and field == "frequency":
+        message = f"got {error['input']!r}; allowed: a pandas offset alias such as D, W-SAT, MS, QS, YS, h"
     elif error["type"] == "missing":
         message = "required field is missing"
     return f"field '{field}': {message}"

@@ -70,8 +70,10 @@ def check_rows(values: pd.Series, spec: PipelineSpec, window_end: str) -> None:
 
 
 def check_values(values: pd.Series, spec: PipelineSpec) -> None:
+    """Null fraction over every period of the grid: an absent row is as missing as a NaN."""
     rules = spec.validation
-    null_fraction = float(values.isna().mean())
+    index = pd.DatetimeIndex(values.index)
+    null_fraction = float(values.reindex(pd.date_range(index[0], index[-1], freq=spec.frequency)).isna().mean())
     if null_fraction > rules.max_null_fraction:
         _fail(
             f"{null_fraction:.1%} of values are missing, at most {rules.max_null_fraction:.1%} allowed",
@@ -133,8 +135,8 @@ def run_rules(frame: pd.DataFrame, spec: PipelineSpec, target: str, window_end: 
     values = frame[target]
     check_rows(values, spec, window_end)
     check_timestamps(index)
-    check_values(values, spec)
     check_grid(values, spec)
+    check_values(values, spec)
     return {
         "rows": len(frame),
         "missing": int(values.isna().sum()),

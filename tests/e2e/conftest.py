@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deploy.stack import read_env_file
+from deploy.envfile import read_env_file
 from include.retrain_airflow.cli import Api, api_from_env
 from tests.helpers import BUNDLE, free_port
 

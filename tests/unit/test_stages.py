@@ -1,0 +1,351 @@
+"""The whole chain over a FileStore: tiny data, every model kind, the shipped specs, reruns and failures."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from include.retrain import models, registry
+from include.retrain.errors import (
+    DataValidationError,
+    IntegrityError,
+    ModelError,
+    RetrainError,
+    SourceError,
+    SpecError,
+    StoreError,
+)
+from include.retrain.spec import load_spec
+from include.retrain.stages import Stage
+
+CHAIN = ("extract", "validate", "preprocess", "split", "train", "evaluate", "publish")
+RIDGE = {"kind": "sklearn", "estimator": "sklearn.linear_model.Ridge", "lags": 4, "calendar": ["month"], "order": None}
+KINDS = {
+    "arima": {"kind": "arima", "order": [1, 0, 0]},
+    "sarimax": {"kind": "sarimax", "order": [1, 0, 0], "seasonal_order": [1, 0, 0, 4]},
+    "stl_arima": {"kind": "stl_arima", "order": [1, 1, 0], "period": 4},
+    "sklearn": RIDGE,
+}
+
+
+@pytest.fixture
+def make_stage(make_spec, store, weekly, write_csv, make_run):
+    """``make_stage(frame=None, end=..., **spec_changes)``: a Stage of the tiny pipeline over ``store``."""
+
+    def make(frame=None, end="2021-01-04T06:00:00+00:00", **changes):
+        path = write_csv(weekly(40) if frame is None else frame)
+        spec = make_spec(**{"source": {"kind": "file", "path": str(path)}, **changes})
+        return Stage(spec, store, "", make_run(end))
+
+    return make
+
+
+def run_chain(stage: Stage, series: str = "level") -> list[dict]:
+    """Every stage's ref, in order; each stage gets the previous one's ref (extract gets the series)."""
+    refs, ref = [], series
+    for name in CHAIN:
+        ref = getattr(stage, name)(ref)
+        refs.append(ref)
+    return refs
+
+
+def first_failure(stage: Stage, series: str = "level") -> tuple[str, RetrainError]:
+    ref = series
+    for name in CHAIN:
+        try:
+            ref = getattr(stage, name)(ref)
+        except RetrainError as exc:
+            return name, exc
+    pytest.fail("the chain did not fail")
+
+
+def published(snapshot: dict[str, bytes]) -> dict[str, bytes]:
+    return {key: data for key, data in snapshot.items() if "/_runs/" not in key}
+
+
+@pytest.mark.parametrize("model", KINDS.values(), ids=KINDS.keys())
+def test_chain_publishes_a_loadable_model_for_every_kind(make_stage, store, model):
+    stage = make_stage(model=model)
+    result = run_chain(stage)[-1]
+    assert result["pipeline"] == "tiny"
+    assert result["series"] == "level"
+    assert result["version"] == "20210104T060000Z"
+    assert result["latest_moved"] is True
+    assert result["model_key"] == "models/tiny/level/20210104T060000Z/model.pkl"
+    fitted, manifest = registry.load_model(store, stage.layout, "level")
+    forecast = models.forecast(
+        fitted, stage.spec.model, stage.get_series(stage.key("level", "clean.parquet")), 3, "W-SAT"
+    )
+    assert list(forecast.index.strftime("%Y-%m-%d")) == ["2020-10-10", "2020-10-17", "2020-10-24"]
+    assert manifest["artifact"]["sha256"] == registry.sha256(store.read(result["model_key"]))
+
+
+def test_refs_are_small_json_serializable_dicts(make_stage):
+    """Refs travel through XCom: keys and numbers, never frames or models."""
+    for ref in run_chain(make_stage(model=RIDGE)):
+        assert isinstance(ref, dict)
+        assert len(json.dumps(ref)) < 2000
+
+
+def test_stage_refs_carry_keys_and_counts(make_stage, store):
+    extract, validate, preprocess, split, train, evaluate, _ = run_chain(make_stage(model=RIDGE))
+    work = "models/_runs/tiny/level/20210104T060000Z"
+    assert extract == {"series": "level", "raw": f"{work}/raw.parquet", "rows": 40}
+    assert validate["validation"] == {
+        "rows": 40,
+        "missing": 0,
+        "first": "2020-01-04 00:00:00",
+        "last": "2020-10-03 00:00:00",
+    }
+    assert (preprocess["clean"], preprocess["features"]) == (f"{work}/clean.parquet", f"{work}/features.parquet")
+    assert (split["rows_train"], split["rows_test"]) == (36, 4)
+    assert train["candidate_sha256"] == registry.sha256(store.read(f"{work}/candidate.pkl"))
+    assert json.loads(store.read(f"{work}/metrics.json")) == evaluate["metrics"]
+
+
+def test_chain_writes_exactly_the_expected_keys(make_stage, store):
+    run_chain(make_stage())
+    work = "models/_runs/tiny/level/20210104T060000Z/"
+    names = ["candidate.pkl", "clean.parquet", "metrics.json", "raw.parquet", "test.parquet", "train.parquet"]
+    assert store.list("") == [
+        *(work + n for n in [*names, "validation.json"]),
+        "models/tiny/level/20210104T060000Z/manifest.json",
+        "models/tiny/level/20210104T060000Z/model.pkl",
+        "models/tiny/level/latest.json",
+    ]
+
+
+def test_split_test_window_is_the_last_periods_of_the_clean_series(make_stage):
+    stage = make_stage()
+    split = run_chain(stage)[3]
+    train, test = stage.get_series(split["train"]), stage.get_series(split["test"])
+    clean = stage.get_series(split["clean"])
+    assert list(test.index) == list(clean.index[-4:])
+    assert train.index.max() < test.index.min()
+
+
+def test_evaluate_reports_model_and_baseline_on_the_test_window(make_stage):
+    metrics = run_chain(make_stage())[5]["metrics"]
+    assert metrics["primary_metric"] == "mae"
+    assert metrics["baseline_kind"] == "naive"
+    assert metrics["horizon"] == 4
+    assert set(metrics["model"]) == set(metrics["baseline"]) == {"mae", "rmse", "mape"}
+    assert all(value is not None and value >= 0 for value in metrics["model"].values())
+
+
+def test_manifest_records_run_data_model_and_usage(make_stage, store):
+    stage = make_stage(model=RIDGE)
+    run_chain(stage)
+    manifest = json.loads(store.read("models/tiny/level/20210104T060000Z/manifest.json"))
+    assert (manifest["pipeline"], manifest["series"], manifest["target"]) == ("tiny", "level", "value")
+    assert (manifest["dag_id"], manifest["run_id"]) == ("retrain_test", "scheduled__test")
+    assert manifest["data_window"]["end"] == "2021-01-04T06:00:00+00:00"
+    assert manifest["data_window"]["last_timestamp"] == "2020-10-03 00:00:00"
+    assert manifest["rows"] == {"total": 40, "train": 36, "test": 4}
+    assert manifest["data_fingerprint"].startswith("sha256:")
+    assert manifest["model"]["estimator"] == "sklearn.linear_model.Ridge"
+    assert manifest["usage"]["feature_columns"] == ["lag_1", "lag_2", "lag_3", "lag_4", "month"]
+    assert list(manifest["usage"]["last_observations"]) == [
+        "2020-09-12 00:00:00",
+        "2020-09-19 00:00:00",
+        "2020-09-26 00:00:00",
+        "2020-10-03 00:00:00",
+    ]
+    assert "scikit-learn" in manifest["libraries"]
+
+
+def test_refit_on_full_publishes_a_model_fitted_on_all_rows(make_stage, store):
+    stage = make_stage()
+    train, *_, result = run_chain(stage)[4:]
+    assert store.read(result["model_key"]) != store.read(train["candidate"])
+    assert registry.load_model(store, stage.layout, "level")[0].nobs == 40
+
+
+def test_without_refit_the_candidate_is_published(make_stage, store):
+    stage = make_stage(split={"refit_on_full": False})
+    train = run_chain(stage)[4]
+    candidate = registry.verified_loads(store.read(train["candidate"]), train["candidate_sha256"], "candidate")
+    published_model = registry.load_model(store, stage.layout, "level")[0]
+    assert published_model.nobs == candidate.nobs == 36
+    np.testing.assert_array_equal(published_model.params, candidate.params)
+
+
+def test_preprocess_fills_gaps_before_training(make_stage, weekly):
+    frame = weekly(40)
+    stage = make_stage(frame=frame.drop(frame.index[[10, 11]]))
+    preprocess = run_chain(stage)[2]
+    clean = stage.get_series(preprocess["clean"])
+    assert len(clean) == 40
+    assert clean.notna().all()
+
+
+def test_rerun_of_the_same_run_writes_the_same_keys_and_bytes(make_stage, snapshot):
+    """A retry or a cleared task overwrites its own keys: nothing new appears, nothing changes."""
+    run_chain(make_stage())
+    first = snapshot()
+    run_chain(make_stage())
+    assert snapshot() == first
+
+
+def test_backfill_publishes_its_version_but_keeps_latest(make_stage, store):
+    run_chain(make_stage(end="2021-01-11T06:00:00+00:00"))
+    pointer = store.read("models/tiny/level/latest.json")
+    result = run_chain(make_stage(end="2021-01-04T06:00:00+00:00"))[-1]
+    assert result["latest_moved"] is False
+    assert store.read("models/tiny/level/latest.json") == pointer
+    assert store.exists(result["model_key"])
+
+
+def test_failed_validation_of_a_later_run_leaves_the_published_model_untouched(make_stage, weekly, snapshot):
+    run_chain(make_stage())
+    before = published(snapshot())
+    bad = weekly(41)
+    bad.iloc[-1, 0] = 150.0  # the new week is above validation.max_value
+    name, error = first_failure(make_stage(frame=bad, end="2021-01-11T06:00:00+00:00"))
+    assert (name, error.rule) == ("validate", "validation.max_value")
+    assert published(snapshot()) == before
+    assert set(before) == {
+        "models/tiny/level/20210104T060000Z/manifest.json",
+        "models/tiny/level/20210104T060000Z/model.pkl",
+        "models/tiny/level/latest.json",
+    }
+
+
+def corrupt(position: int, value: float):
+    def apply(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.copy()
+        out.iloc[position, 0] = value
+        return out
+
+    return apply
+
+
+def null_every_third(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(value=frame["value"].where(np.arange(len(frame)) % 3 != 1))
+
+
+def move_row(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_axis(frame.index.where(np.arange(len(frame)) != 7, frame.index[7] + pd.Timedelta("2D")))
+
+
+def case(failing_stage: str, error_type: type, rule: str, change=None, end=None, **spec_changes) -> tuple:
+    """A broken input (frame change, run end, spec changes) and where and how the chain must fail."""
+    return change, spec_changes, end, failing_stage, error_type, rule
+
+
+V = DataValidationError
+FAILURES = {
+    "missing source file": case(
+        "extract", SourceError, "source readable", source={"kind": "file", "path": "/nonexistent/data.csv"}
+    ),
+    "missing target column": case("validate", V, "target column present", lambda f: f.rename(columns={"value": "x"})),
+    "empty data window": case("validate", V, "non-empty window", end="2019-01-07T06:00:00+00:00"),
+    "all-NaN series": case("validate", V, "not all NaN", lambda f: f.assign(value=np.nan)),
+    "duplicated timestamps": case(
+        "validate", V, "unique timestamps", lambda f: pd.concat([f, f.iloc[[3]]]).sort_index()
+    ),
+    "non-monotonic timestamps": case("validate", V, "increasing timestamps", lambda f: f.iloc[[1, 0, *range(2, 40)]]),
+    "null fraction too high": case("validate", V, "max_null_fraction", null_every_third),
+    "value below min_value": case("validate", V, "validation.min_value", corrupt(5, -3.0)),
+    "value above max_value": case("validate", V, "validation.max_value", corrupt(6, 101.0)),
+    "off-grid timestamp": case("validate", V, "frequency", move_row),
+    "gap longer than max_gap": case("validate", V, "max_gap", lambda f: f.drop(f.index[10:13])),
+    "too few rows to train after split": case(
+        "split", V, "train size", lambda f: f.iloc[:11], validation={"min_rows": 10}
+    ),
+    "unknown model class": case(
+        "train", ModelError, "model class exists", model={**RIDGE, "estimator": "sklearn.linear_model.Rdge"}
+    ),
+    "bad estimator params": case("train", ModelError, "estimator params", model={**RIDGE, "params": {"alpah": 1.0}}),
+    "model settings do not fit": case(
+        "train", ModelError, "model fits", model={"kind": "arima", "order": [1, 1, 0], "trend": "c"}
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "spec_changes", "end", "failing_stage", "error_type", "rule"), FAILURES.values(), ids=FAILURES.keys()
+)
+def test_stage_errors_name_pipeline_series_rule_and_fix(
+    make_stage, weekly, change, spec_changes, end, failing_stage, error_type, rule
+):
+    frame = weekly(40) if change is None else change(weekly(40))
+    stage = make_stage(frame=frame, **({"end": end} if end else {}), **spec_changes)
+    name, error = first_failure(stage)
+    assert (name, type(error)) == (failing_stage, error_type)
+    assert (error.pipeline, error.series, error.rule) == ("tiny", "level", rule)
+    assert str(error).startswith("pipeline 'tiny', series 'level': ")
+    assert f"[rule: {rule}]. Fix: " in str(error)
+    assert error.permanent
+
+
+def test_missing_upstream_artifact_names_pipeline_and_series(make_stage):
+    stage = make_stage()
+    with pytest.raises(StoreError) as caught:
+        stage.validate({"series": "level", "raw": stage.key("level", "raw.parquet")})
+    assert str(caught.value).startswith("pipeline 'tiny', series 'level': file://")
+    assert caught.value.permanent
+
+
+def test_tampered_candidate_is_refused_by_evaluate(make_stage, store):
+    stage = make_stage()
+    train = run_chain(stage)[4]
+    store.write(train["candidate"], pickle.dumps("swapped"))
+    with pytest.raises(IntegrityError) as caught:
+        stage.evaluate(train)
+    assert str(caught.value).startswith("pipeline 'tiny', series 'level': ")
+    assert caught.value.rule == "artifact checksum"
+
+
+def test_unknown_series_is_a_spec_error(make_stage):
+    with pytest.raises(SpecError, match=r"^pipeline 'tiny', series 'nope': no series named 'nope'.*Fix: "):
+        make_stage().extract("nope")
+
+
+def test_unknown_frequency_fails_with_a_named_error(tmp_path, spec_dict, store, make_run, write_csv, weekly):
+    """Either load_spec refuses the frequency (SpecError) or the stage names the problem: both are RetrainErrors."""
+    path = tmp_path / "tiny.yaml"
+    source = {"kind": "file", "path": str(write_csv(weekly(40)))}
+    path.write_text(yaml.safe_dump(spec_dict(frequency="weekly", source=source)))
+    with pytest.raises(RetrainError) as caught:
+        stage = Stage(load_spec(path), store, "", make_run())
+        stage.validate(stage.extract("level"))
+    assert caught.value.pipeline == "tiny"
+
+
+SHIPPED = [("co2_weekly", "co2", 1040), ("us_macro", "realgdp", 203), ("us_macro", "unemp", 203)]
+
+
+@pytest.mark.parametrize(("name", "series", "rows"), SHIPPED, ids=[f"{n}-{s}" for n, s, _ in SHIPPED])
+def test_shipped_spec_runs_end_to_end(pipelines_dir, store, make_run, name, series, rows):
+    spec = load_spec(pipelines_dir / f"{name}.yaml")
+    stage = Stage(spec, store, "root", make_run("2010-01-04T06:00:00+00:00"))
+    result = run_chain(stage, series)[-1]
+    assert result["model_key"] == f"root/models/{name}/{series}/20100104T060000Z/model.pkl"
+    fitted, manifest = registry.load_model(store, stage.layout, series)
+    assert manifest["rows"] == {"total": rows, "train": rows - spec.split.test_size, "test": spec.split.test_size}
+    assert all(
+        v is not None for v in (*manifest["metrics"]["model"].values(), *manifest["metrics"]["baseline"].values())
+    )
+    clean = stage.get_series(stage.key(series, "clean.parquet"))
+    forecast = models.forecast(fitted, spec.model, clean, 2, spec.frequency)
+    assert list(forecast.index) == list(pd.date_range(clean.index[-1], periods=3, freq=spec.frequency)[1:])
+    assert np.isfinite(forecast.to_numpy()).all()
+
+
+def test_within_fills_only_what_a_lower_layer_did_not_know():
+    error = DataValidationError("bad", rule="r", fix="do x").within("tiny", "level")
+    assert str(error) == "pipeline 'tiny', series 'level': bad [rule: r]. Fix: do x"
+    assert error.args == (str(error),)
+    assert SpecError("p", fix="f", pipeline="keep").within("other").pipeline == "keep"
+
+
+def test_store_errors_are_transient_unless_marked_permanent():
+    assert StoreError("down", fix="retry").permanent is False
+    assert StoreError("no bucket", fix="create it", permanent=True).permanent is True
+    assert ModelError("x", fix="y").permanent is True
