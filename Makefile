@@ -36,10 +36,23 @@ up: $(INSTALLED)
 down:
 	@if [ -x $(PY) ]; then $(STACK) down; fi
 
-## Show the health of every component of the local stack
+## Show the health of every component (the VM service and/or the local stack)
 .PHONY: status
-status: $(INSTALLED)
-	@$(STACK) status
+status:
+	@found=; \
+	if [ -e "$${RETRAIN_ETC:-/etc/airflow-retrain}/airflow.env" ]; then found=1; $(PYTHON) deploy/install.py status; fi; \
+	if [ -e .stack/airflow.env ] && [ -x $(PY) ]; then found=1; $(STACK) status; fi; \
+	if [ -z "$$found" ]; then echo "nothing deployed here and no local stack: make deploy or make up"; fi
+
+## Install as a systemd service on this VM (run as root; idempotent, keeps secrets and data)
+.PHONY: deploy
+deploy:
+	@$(PYTHON) deploy/install.py deploy
+
+## Remove the service; keeps the database unless DROP_DATABASE=1 (REMOVE_USER=1: the user too)
+.PHONY: undeploy
+undeploy:
+	@$(PYTHON) deploy/install.py undeploy $(if $(DROP_DATABASE),--drop-database) $(if $(REMOVE_USER),--remove-user)
 
 ## List the current model of every series in the model store
 .PHONY: models
@@ -66,8 +79,9 @@ lint: $(INSTALLED)
 .PHONY: constraints
 constraints: $(INSTALLED)
 	@{ echo "# Every package of a tested install (make test passed with exactly these); regenerate with"; \
-	   echo "# 'make constraints' after changing requirements*.txt, then run make test."; \
-	   $(PY) -m pip freeze --exclude-editable | grep -v '^pip=='; } > constraints.txt
+	   echo "# 'make constraints' after changing requirements*.txt, then run make test. Pins must also"; \
+	   echo "# install on Debian 12's Python 3.11.2 (make deploy uses it): soupsieve stays at 2.10 for that."; \
+	   $(PY) -m pip freeze --exclude-editable | grep -v '^pip==' | sed 's/^soupsieve==.*/soupsieve==2.10/'; } > constraints.txt
 
 ## Stop the stack and delete the virtualenv, the local state and caches
 .PHONY: clean

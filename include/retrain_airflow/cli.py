@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -51,9 +50,9 @@ class Api:
 
 
 def api_from_env(env: dict[str, str]) -> Api:
-    passwords = json.loads(Path(env["RETRAIN_STATE_DIR"], "admin-password.json").read_text())
+    password = Path(env["RETRAIN_STATE_DIR"], "admin-password").read_text().strip()
     base = f"http://{env['RETRAIN_API_HOST']}:{env['RETRAIN_API_PORT']}"
-    return Api(base, "admin", passwords["admin"])
+    return Api(base, "admin", password)
 
 
 def wait_for_dags(api: Api, dag_ids: list[str], timeout: float) -> None:
@@ -156,7 +155,7 @@ def run_all(timeout: float) -> int:
     print("\nPublished models (latest version of each series; metric on the test window):")
     print(models_table(settings))
     host, port = env["RETRAIN_API_HOST"], env["RETRAIN_API_PORT"]
-    password_file = Path(env["RETRAIN_STATE_DIR"], "admin-password.json")
+    password_file = Path(env["RETRAIN_STATE_DIR"], "admin-password")
     print(f"\nNext:\n  UI:      http://{host}:{port}  (user admin, password in {password_file})")
     print("  models:  make models\n  status:  make status\n  stop:    make down")
     return 1 if failed else 0

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from deploy.envfile import read_env_file
+from deploy.profile import Profile, local_profile
 from include.retrain_airflow.cli import Api, api_from_env
 from tests.helpers import BUNDLE, free_port
 
@@ -40,11 +41,30 @@ split: {{test_size: 14}}
 """
 
 
+SLOW_SPEC = """\
+name: slow
+description: Test pipeline whose train task takes a while (to crash the scheduler under).
+schedule: "0 0 * * *"
+start_date: 2024-01-01
+frequency: D
+source: {{kind: file, path: "{csv}", time_column: day}}
+series:
+  - {{name: level, target: level}}
+validation: {{min_rows: 60}}
+model: {{kind: sklearn, estimator: tests.e2e.slow_model.SlowRegressor, params: {{delay: 12}}, lags: 3}}
+split: {{test_size: 14, refit_on_full: false}}
+"""
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
     api: Api
     state: Path
+
+    @property
+    def profile(self) -> Profile:
+        return local_profile({"RETRAIN_STACK_DIR": str(self.state)})
 
     @property
     def flaky_csv(self) -> Path:
@@ -94,13 +114,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     dags, pipelines = state / "dags", state / "pipelines"
     shutil.copytree(BUNDLE / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(BUNDLE / "include" / "pipelines", pipelines)
-    (dags / "retrain_flaky.py").write_text(
-        '"""Test pipeline."""\nfrom include.retrain_airflow.factory import build_retrain_dag\n\n'
-        'dag = build_retrain_dag("flaky")\n'
-    )
-    csv = state / "data" / "flaky.csv"
-    write_flaky_csv(csv)
-    (pipelines / "flaky.yaml").write_text(FLAKY_SPEC.format(csv=csv))
+    for name, spec in (("flaky", FLAKY_SPEC), ("slow", SLOW_SPEC)):
+        (dags / f"retrain_{name}.py").write_text(
+            '"""Test pipeline."""\nfrom include.retrain_airflow.factory import build_retrain_dag\n\n'
+            f'dag = build_retrain_dag("{name}")\n'
+        )
+        csv = state / "data" / f"{name}.csv"
+        write_flaky_csv(csv)
+        (pipelines / f"{name}.yaml").write_text(spec.format(csv=csv))
     settings = {
         "RETRAIN_STACK_DIR": str(state),
         "RETRAIN_API_PORT": str(free_port()),
