@@ -266,10 +266,11 @@ def undeploy(drop_database: bool, remove_user: bool) -> int:
         (profile.unit_dir / name).unlink(missing_ok=True)
     if systemd_running():
         subprocess.run(["systemctl", "daemon-reload"], check=False)
-    for path in (profile.bundle_dir, profile.venv, profile.bundle_dir.parent / "bin", profile.etc_dir, profile.state_dir):
+    prefix = profile.bundle_dir.parent
+    for path in (profile.bundle_dir, profile.venv, prefix / "bin", profile.etc_dir, profile.state_dir):
         shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(OSError):
-        profile.bundle_dir.parent.rmdir()  # the prefix, when nothing else lives there
+        prefix.rmdir()  # when nothing else lives there
     say("removed units, bundle, virtualenv, configuration and state")
     if drop_database:
         admin = postgres.Admin(env["RETRAIN_PG_HOST"], env["RETRAIN_PG_PORT"])

@@ -32,8 +32,16 @@ class ServiceError(RuntimeError):
 
 
 def process_env(profile: Profile) -> dict[str, str]:
+    """The caller's environment plus the unit's EnvironmentFile, as systemd would give it."""
+    try:
+        values = read_env_file(profile.env_file)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot read the environment file {profile.env_file} ({exc.strerror}); "
+            "it holds the database URL and the secrets every process shares: make up (or make deploy) creates it"
+        ) from None
     path = os.environ.get("PATH", "")
-    return {**os.environ, **read_env_file(profile.env_file), "PATH": f"{profile.venv / 'bin'}{os.pathsep}{path}"}
+    return {**os.environ, **values, "PATH": f"{profile.venv / 'bin'}{os.pathsep}{path}"}
 
 
 def pid_file(profile: Profile, name: str) -> Path:

@@ -87,6 +87,7 @@ def ensure_admin(profile: Profile) -> None:
     envfile.write_private(path, password + "\n")
     if services.admin_exists(profile):
         services.airflow(profile, "users", "reset-password", "--username", "admin", "--password", password)
+        say(f"UI user admin exists: its password is the one in {path}")
     else:
         services.create_admin(profile, password)
         say(f"created UI user admin (password in {path}, mode 0600)")

@@ -131,7 +131,9 @@ def test_operator_cli_runs_as_the_service_user(deployment: tuple[dict[str, str],
     _, root = deployment
     done = subprocess.run(
         [str(root / "opt" / "bin" / "airflow-retrain"), "users", "list", "-o", "json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"username": "admin"' in done.stdout

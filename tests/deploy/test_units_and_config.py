@@ -134,3 +134,10 @@ def test_env_file_round_trips_json_values(profile: Profile) -> None:
     conn = envfile.aws_connection("http://127.0.0.1:1")
     values, _ = envfile.ensure(profile, {"AIRFLOW_CONN_AWS_DEFAULT": conn})
     assert values["AIRFLOW_CONN_AWS_DEFAULT"] == conn
+
+
+def test_missing_env_file_is_a_clear_error(profile: Profile) -> None:
+    from deploy import services
+
+    with pytest.raises(services.ServiceError, match=r"cannot read the environment file .*airflow.env.*make up"):
+        services.process_env(profile)
