@@ -57,15 +57,18 @@ def local_overrides() -> dict[str, str]:
     return values | {k: v for k, v in os.environ.items() if k.startswith("RETRAIN_") and k != "RETRAIN_STACK_DIR"}
 
 
-def prepare(profile: Profile) -> dict[str, str]:
-    """Environment file, airflow.cfg and units: made once, kept, re-rendered if changed."""
+def prepare(profile: Profile) -> tuple[dict[str, str], bool]:
+    """Environment file, airflow.cfg and units: made once, kept, re-rendered if changed.
+
+    Returns the environment and whether the file (and so its secrets) is new.
+    """
     existed = profile.env_file.exists()
     env, _ = envfile.ensure(profile, local_overrides(), mode=0o600)
     say(f"{'kept' if existed else 'created'} environment file {profile.env_file} (mode 0600)")
     render.render_config(profile, env)
     render.render_units(profile)
     say(f"rendered {profile.config_file} and systemd units in {profile.unit_dir}")
-    return env
+    return env, not existed
 
 
 def start_s3(profile: Profile, env: dict[str, str]) -> None:
@@ -107,9 +110,16 @@ def check_ports(profile: Profile, env: dict[str, str]) -> None:
 
 def up(reset_db: bool = False) -> None:
     profile = local_profile()
-    env = prepare(profile)
+    env, new_secrets = prepare(profile)
     check_ports(profile, env)
     admin = postgres.ensure_server(env, say)
+    if (
+        new_secrets
+        and not reset_db
+        and admin.run(f"select 1 from pg_database where datname = '{env['RETRAIN_PG_DB']}'")
+    ):
+        say(f"database {env['RETRAIN_PG_DB']} is from a stack whose secrets are gone: recreating it")
+        reset_db = True  # its connections and variables were encrypted with the old fernet_key
     postgres.ensure_role_and_database(admin, env, set_password=True, say=say, reset=reset_db)
     start_s3(profile, env)
     say("migrating the metadata database (the airflow-migrate unit)")
@@ -158,14 +168,14 @@ def run_with_env(command: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["exec"]:  # everything after it is the command, options included
+        return run_with_env(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status", "config", "exec"])
     parser.add_argument("--reset-db", action="store_true", help="drop and recreate the metadata database")
-    parser.add_argument("argv", nargs=argparse.REMAINDER, help="with exec: the command to run")
     args = parser.parse_args(argv)
     try:
-        if args.command == "exec":
-            return run_with_env(args.argv)
         if args.command == "up":
             up(reset_db=args.reset_db)
         elif args.command == "down":

@@ -22,7 +22,10 @@ class RetrainError(Exception):
         pipeline: str | None = None,
         series: str | None = None,
         rule: str | None = None,
+        permanent: bool | None = None,
     ) -> None:
+        if permanent is not None:
+            self.permanent = permanent
         self.problem = problem
         self.fix = fix
         self.pipeline = pipeline
@@ -57,7 +60,7 @@ class SpecError(RetrainError):
 
 
 class SourceError(RetrainError):
-    """A data source cannot deliver the series."""
+    """A data source cannot deliver the series (permanent unless marked transient)."""
 
 
 class DataValidationError(RetrainError):
@@ -75,9 +78,11 @@ class StoreError(RetrainError):
     or bad credentials are marked permanent by whoever raises them.
     """
 
-    def __init__(self, problem: str, *, fix: str, permanent: bool = False, **kwargs: str | None):
-        self.permanent = permanent
-        super().__init__(problem, fix=fix, **kwargs)
+    permanent = False
+
+
+class NoNewData(RetrainError):
+    """The source has nothing the current model has not seen: the run skips training."""
 
 
 class IntegrityError(RetrainError):

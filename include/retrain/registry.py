@@ -32,6 +32,11 @@ class RunInfo:
     dag_id: str
     run_id: str
 
+    @property
+    def slug(self) -> str:
+        """The run id as a key segment: a retry and a rerun of the run share it."""
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.run_id)
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -47,15 +47,59 @@ class StatsmodelsSource(_Strict):
     dataset: Literal[STATSMODELS_DATASETS]  # type: ignore[valid-type]
 
 
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+
+
 class FileSource(_Strict):
-    """A CSV or Parquet file on this machine, with a time column."""
+    """A CSV or Parquet file: a local path, or ``s3://bucket/key`` read through S3Hook."""
 
     kind: Literal["file"]
     path: str
     time_column: str = "timestamp"
+    conn_id: str = Field(default="aws_default", description="for s3:// paths")
 
 
-Source = Annotated[StatsmodelsSource | FileSource, Field(discriminator="kind")]
+class DataReaderSource(_Strict):
+    """A keyless pandas-datareader reader; each series' ``target`` is the reader's series id."""
+
+    kind: Literal["datareader"]
+    reader: str = Field(default="fred", pattern=r"^[a-z\-]+$", description="fred, famafrench, oecd, eurostat, ...")
+    conn_id: str | None = Field(default=None, description="optional connection whose host replaces the base URL")
+    incremental: bool = True
+
+
+class TiingoSource(_Strict):
+    """Daily prices from Tiingo's REST API; each series' ``target`` is a ticker."""
+
+    kind: Literal["tiingo"]
+    conn_id: str = Field(default="tiingo_default", description="HTTP connection; its password is the API token")
+    column: Literal["adjClose", "close", "open", "high", "low", "volume", "adjVolume"] = "adjClose"
+    incremental: bool = True
+
+
+class PostgresSource(_Strict):
+    """A table or a parameterised query through PostgresHook; the window is passed as parameters."""
+
+    kind: Literal["postgres"]
+    conn_id: str
+    table: str | None = Field(default=None, pattern=IDENTIFIER)
+    query: str | None = Field(default=None, description="uses %(start)s and %(end)s for the window")
+    time_column: str = Field(default="timestamp", pattern=IDENTIFIER)
+    incremental: bool = True
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PostgresSource:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("set exactly one of table or query")
+        if self.query is not None and ("%(end)s" not in self.query or "%(start)s" not in self.query):
+            raise ValueError("query must filter on the window with %(start)s and %(end)s parameters")
+        return self
+
+
+Source = Annotated[
+    StatsmodelsSource | FileSource | DataReaderSource | TiingoSource | PostgresSource, Field(discriminator="kind")
+]
+INCREMENTAL_KINDS = ("datareader", "tiingo", "postgres")
 
 
 class Series(_Strict):
@@ -154,6 +198,7 @@ class PipelineSpec(_Strict):
     description: str = ""
     owner: str = "ml-platform"
     schedule: str = Field(description="cron expression; each run covers one interval")
+    timezone: str = Field(default="UTC", pattern=r"^[A-Za-z_]+(/[A-Za-z_\-]+)*$", description="of the schedule")
     start_date: date
     frequency: str = Field(pattern=FREQUENCY.pattern, description="pandas offset alias, e.g. D, W-SAT, MS, QS")
     source: Source
@@ -181,6 +226,12 @@ class PipelineSpec(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"series names must be unique, got {names}")
         return value
+
+    @model_validator(mode="after")
+    def _history(self) -> PipelineSpec:
+        if self.source.kind in ("tiingo", "datareader") and not self.window.max_history:
+            raise ValueError(f"a {self.source.kind} source needs window.max_history (how much history to fetch)")
+        return self
 
     @model_validator(mode="after")
     def _sizes(self) -> PipelineSpec:

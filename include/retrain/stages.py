@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from include.retrain import evaluate, features, frames, models, registry, sources, validate
-from include.retrain.errors import RetrainError
-from include.retrain.spec import PipelineSpec, SklearnModel
+from include.retrain.errors import NoNewData, RetrainError
+from include.retrain.spec import INCREMENTAL_KINDS, PipelineSpec, SklearnModel
 from include.retrain.split import time_split
 from include.retrain.store import Layout, Store
 
@@ -27,10 +27,18 @@ Ref = dict[str, Any]
 class Stage:
     """Binds a spec, a store and a run so each stage reads as the work it does."""
 
-    def __init__(self, spec: PipelineSpec, store: Store, root: str, run: registry.RunInfo) -> None:
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        store: Store,
+        root: str,
+        run: registry.RunInfo,
+        clients: sources.Clients | None = None,
+    ) -> None:
         self.spec = spec
         self.store = store
         self.run = run
+        self.clients = clients or sources.Clients()
         self.layout = Layout(root, spec.store_prefix, spec.name)
 
     @contextmanager
@@ -41,8 +49,13 @@ class Stage:
         except RetrainError as exc:
             raise exc.within(self.spec.name, series) from exc.__cause__
 
+    def published_version(self, ref: Ref) -> str:
+        """The run's window end plus the data it saw: a rerun of the run gets the same id,
+        new data within the same interval a new one (published versions are immutable)."""
+        return f"{self.run.version}-{ref['snapshot_fingerprint'].removeprefix('sha256:')[:8]}"
+
     def key(self, series: str, name: str) -> str:
-        return self.layout.work(series, self.run.version, name)
+        return self.layout.work(series, self.run.version, self.run.slug, name)
 
     def put_frame(self, series: str, name: str, frame: pd.DataFrame | pd.Series) -> str:
         key = self.key(series, name)
@@ -54,12 +67,75 @@ class Stage:
 
     # -- the chain ---------------------------------------------------------------------
 
-    def extract(self, series: str) -> Ref:
-        """Snapshot the source's rows for the run's window."""
+    def extract(self, series: str, full_refresh: bool = False) -> Ref:
+        """Snapshot the source's rows for the run's window, once per run.
+
+        A retry or rerun of the run reads its own snapshot instead of fetching again, so
+        it trains on identical data. Remote sources fetch incrementally: only rows from
+        the newest snapshot's high-water mark on, merged on the timestamp. When the
+        snapshot holds nothing the current model has not seen, the run stops here.
+        """
         with self.about(series):
-            target = self.spec.series_by_name(series).target
-            frame = sources.load(self.spec, target, pd.Timestamp(self.run.window_end).to_pydatetime())
-            return {"series": series, "raw": self.put_frame(series, "raw.parquet", frame), "rows": len(frame)}
+            key = self.key(series, "raw.parquet")
+            if self.store.exists(key):
+                frame, fetched, reused = frames.from_parquet(self.store.read(key)), 0, True
+            else:
+                frame, fetched = self._fetch(series, full_refresh)
+                self.store.write(key, frames.to_parquet(frame))
+                self._remember(series, key, frame)
+                reused = False
+            fingerprint = frames.fingerprint(frame)
+            self._stop_if_seen(series, fingerprint)
+            return {
+                "series": series,
+                "raw": key,
+                "rows": len(frame),
+                "fetched_rows": fetched,
+                "reused_snapshot": reused,
+                "snapshot_fingerprint": fingerprint,
+            }
+
+    def _incremental(self, full_refresh: bool) -> bool:
+        source = self.spec.source
+        return source.kind in INCREMENTAL_KINDS and getattr(source, "incremental", False) and not full_refresh
+
+    def _fetch(self, series: str, full_refresh: bool) -> tuple[pd.DataFrame, int]:
+        target = self.spec.series_by_name(series).target
+        end = pd.Timestamp(self.run.window_end)
+        state = (
+            registry.read_json(self.store, self.layout.fetch_state(series)) if self._incremental(full_refresh) else None
+        )
+        usable = state and state["window_end"] <= self.run.window_end and self.store.exists(state["snapshot"])
+        if not usable:
+            frame = sources.load(self.spec, target, end.to_pydatetime(), self.clients)
+            return frame, len(frame)
+        old = frames.from_parquet(self.store.read(state["snapshot"]))
+        naive_end = sources.naive_utc(end)
+        since = pd.Timestamp(state["high_water"])
+        new = sources.fetch(self.spec, target, sources.Window(end=naive_end, start=since), self.clients)
+        merged = pd.concat([old, new])
+        merged = merged[~merged.index.duplicated(keep="last")].sort_index()
+        return sources.trim_history(merged[merged.index < naive_end], self.spec), len(new)
+
+    def _remember(self, series: str, key: str, frame: pd.DataFrame) -> None:
+        """Record the newest snapshot for the next incremental fetch (never for a backfill)."""
+        if self.spec.source.kind not in INCREMENTAL_KINDS or not len(frame):
+            return
+        state_key = self.layout.fetch_state(series)
+        state = registry.read_json(self.store, state_key)
+        if state is None or state["window_end"] <= self.run.window_end:
+            record = {"snapshot": key, "high_water": str(frame.index.max()), "window_end": self.run.window_end}
+            self.store.write(state_key, registry.to_json(record))
+
+    def _stop_if_seen(self, series: str, fingerprint: str) -> None:
+        pointer = registry.read_json(self.store, self.layout.latest(series))
+        manifest = registry.read_json(self.store, pointer["manifest"]) if pointer else None
+        if manifest and manifest.get("snapshot", {}).get("fingerprint") == fingerprint:
+            raise NoNewData(
+                f"no new data since the current model (version {pointer['version']} saw the same snapshot)",
+                rule="new data",
+                fix="nothing to do; trigger with full_refresh if the source changed history in place",
+            )
 
     def validate(self, ref: Ref) -> Ref:
         series = ref["series"]
@@ -141,7 +217,7 @@ class Stage:
             return {
                 "pipeline": self.spec.name,
                 "series": series,
-                "version": self.run.version,
+                "version": manifest["version"],
                 "metrics": ref["metrics"],
                 "model_key": result["model"],
                 "store": self.store.describe(result["model"]),
@@ -166,7 +242,7 @@ class Stage:
             "pipeline": spec.name,
             "series": ref["series"],
             "target": spec.series_by_name(ref["series"]).target,
-            "version": run.version,
+            "version": self.published_version(ref),
             "dag_id": run.dag_id,
             "run_id": run.run_id,
             "data_window": {
@@ -178,6 +254,12 @@ class Stage:
             "frequency": spec.frequency,
             "rows": {"total": len(clean), "train": ref["rows_train"], "test": ref["rows_test"]},
             "data_fingerprint": frames.fingerprint(clean.to_frame()),
+            "snapshot": {
+                "key": ref["raw"],
+                "fingerprint": ref["snapshot_fingerprint"],
+                "rows": ref["rows"],
+                "source": self.spec.source.kind,
+            },
             "model": json.loads(spec.model.model_dump_json()),
             "refit_on_full": spec.split.refit_on_full,
             "metrics": ref["metrics"],

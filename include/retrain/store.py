@@ -80,16 +80,21 @@ class Layout:
     """Where each artifact of a pipeline's series lives.
 
     Published versions sit under ``<prefix>/<pipeline>/<series>/<version>/``; the scratch
-    artifacts of a run (snapshots, splits, candidate) under ``<prefix>/_runs/...`` so that
-    listing a series' versions never trips over half-finished work.
+    artifacts of a run (snapshots, splits, candidate) under ``<prefix>/_runs/...``, keyed by
+    the run so a retry or rerun finds its own snapshot, and listing a series' versions
+    never trips over half-finished work.
     """
 
     def __init__(self, root: str, store_prefix: str, pipeline: str) -> None:
         self.base = "/".join(p for p in (root, store_prefix) if p)
         self.pipeline = pipeline
 
-    def work(self, series: str, version: str, name: str) -> str:
-        return f"{self.base}/_runs/{self.pipeline}/{series}/{version}/{name}"
+    def work(self, series: str, version: str, run: str, name: str) -> str:
+        return f"{self.base}/_runs/{self.pipeline}/{series}/{version}/{run}/{name}"
+
+    def fetch_state(self, series: str) -> str:
+        """Where the newest snapshot of a series is recorded, for incremental fetches."""
+        return f"{self.base}/_state/{self.pipeline}/{series}.json"
 
     def version_dir(self, series: str, version: str) -> str:
         return f"{self.base}/{self.pipeline}/{series}/{version}"

@@ -22,7 +22,7 @@ import requests
 
 from include.retrain.registry import list_latest
 from include.retrain.settings import Settings, parse_store_uri
-from include.retrain.spec import spec_names
+from include.retrain.spec import PipelineSpec, load_spec, spec_names
 from include.retrain_airflow.store import S3Store, open_store
 
 TERMINAL = {"success", "failed"}
@@ -96,6 +96,23 @@ def trigger(api: Api, dag_id: str) -> str:
     return response.json()["dag_run_id"]
 
 
+def required_connection(spec: PipelineSpec) -> str | None:
+    """The Airflow connection a pipeline cannot run without, if any."""
+    source = spec.source
+    if source.kind in ("tiingo", "postgres"):
+        return source.conn_id
+    if source.kind == "file" and source.path.startswith("s3://"):
+        return source.conn_id
+    return getattr(source, "conn_id", None) if source.kind == "datareader" else None
+
+
+def missing_connection(api: Api, spec: PipelineSpec) -> str | None:
+    conn_id = required_connection(spec)
+    if conn_id is None or f"AIRFLOW_CONN_{conn_id.upper()}" in os.environ:
+        return None
+    return None if api.call("GET", f"/connections/{conn_id}").status_code == 200 else conn_id
+
+
 def wait_for_runs(api: Api, runs: dict[str, str], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
@@ -122,12 +139,12 @@ def models_table(settings: Settings) -> str:
     rows = list_latest(store, root)
     if not rows:
         return "no published models yet"
-    lines = [f"{'pipeline':<12} {'series':<9} {'version':<17} {'metric':<6} {'model':>10} {'baseline':>10}  model key"]
+    lines = [f"{'pipeline':<12} {'series':<9} {'version':<26} {'metric':<6} {'model':>10} {'baseline':>10}  model key"]
     for row in rows:
         metric = row["primary_metric"] or "mae"
         value, base = row["model"].get(metric), row["baseline"].get(metric)
         lines.append(
-            f"{row['pipeline']:<12} {row['series']:<9} {row['version']:<17} {metric:<6} "
+            f"{row['pipeline']:<12} {row['series']:<9} {row['version']:<26} {metric:<6} "
             f"{_num(value):>10} {_num(base):>10}  {store.describe(row['model_key'])}"
         )
     return "\n".join(lines)
@@ -141,8 +158,14 @@ def run_all(timeout: float) -> int:
     env = dict(os.environ)
     settings = Settings.from_env(env)
     api = api_from_env(env)
-    dag_ids = [f"retrain_{name}" for name in spec_names(settings.pipelines_dir)]
-    wait_for_dags(api, dag_ids, timeout=120)
+    specs = {name: load_spec(settings.pipelines_dir / f"{name}.yaml") for name in spec_names(settings.pipelines_dir)}
+    wait_for_dags(api, [f"retrain_{name}" for name in specs], timeout=120)
+    dag_ids = []
+    for name, spec in specs.items():
+        if conn_id := missing_connection(api, spec):
+            print(f"not running retrain_{name}: it needs Airflow connection {conn_id!r} (README: data sources)")
+        else:
+            dag_ids.append(f"retrain_{name}")
     started = time.monotonic()
     runs = {dag_id: trigger(api, dag_id) for dag_id in dag_ids}
     for dag_id, run_id in runs.items():

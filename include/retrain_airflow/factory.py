@@ -12,7 +12,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, get_current_context, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
 
 from include.retrain.settings import Settings
 from include.retrain.spec import PipelineSpec, load_spec
@@ -26,7 +26,7 @@ def _doc(spec: PipelineSpec, path: str) -> str:
     return (
         f"### Retrain `{spec.name}`\n{spec.description}\n\n"
         f"- **Spec:** `{path}`\n- **Source:** `{spec.source.kind}`\n- **Series:** {series}\n"
-        f"- **Model:** `{spec.model.kind}`\n- **Schedule:** `{spec.schedule}` (UTC); each run trains on "
+        f"- **Model:** `{spec.model.kind}`\n- **Schedule:** `{spec.schedule}` ({spec.timezone}); each run trains on "
         "data up to the end of its data interval\n\n"
         "Per series: extract → validate → preprocess → split → train → evaluate → publish. "
         "Published models land under `<store>/<store_prefix>/<pipeline>/<series>/<version>/` "
@@ -49,7 +49,7 @@ def build_retrain_dag(name: str) -> DAG:
 
     with DAG(
         dag_id=f"retrain_{spec.name}",
-        schedule=CronDataIntervalTimetable(spec.schedule, timezone="UTC"),
+        schedule=CronDataIntervalTimetable(spec.schedule, timezone=spec.timezone),
         start_date=start,
         catchup=False,
         max_active_runs=1,  # two runs of one pipeline would race on its latest.json pointer
@@ -62,6 +62,13 @@ def build_retrain_dag(name: str) -> DAG:
             "execution_timeout": TASK_TIMEOUT,
         },
         doc_md=_doc(spec, str(path)),
+        params={
+            "full_refresh": Param(
+                False,
+                type="boolean",
+                description="Fetch the whole history again instead of only what is new since the last snapshot.",
+            )
+        },
         tags=["ml", "retraining", *spec.tags],
     ) as dag:
 

@@ -10,14 +10,15 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from croniter import croniter
 
-from include.retrain.errors import RetrainError
+from include.retrain.errors import NoNewData, RetrainError
 from include.retrain.registry import RunInfo
 from include.retrain.settings import Settings
 from include.retrain.spec import PipelineSpec
 from include.retrain.stages import Stage
+from include.retrain_airflow import clients
 from include.retrain_airflow.store import open_store
 
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -25,6 +26,12 @@ VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _in_zone(moment: datetime, zone: str) -> datetime:
+    from zoneinfo import ZoneInfo
+
+    return _utc(moment).astimezone(ZoneInfo(zone))
 
 
 def run_info(context: dict[str, Any], spec: PipelineSpec) -> RunInfo:
@@ -36,8 +43,8 @@ def run_info(context: dict[str, Any], spec: PipelineSpec) -> RunInfo:
     """
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if end is None:
-        run_after = _utc(context["dag_run"].run_after)
-        ticks = croniter(spec.schedule, run_after)
+        run_after = context["dag_run"].run_after
+        ticks = croniter(spec.schedule, _in_zone(run_after, spec.timezone))
         end = ticks.get_prev(datetime)
         start = ticks.get_prev(datetime)
     end = _utc(end)
@@ -56,8 +63,12 @@ def run_stage(spec: PipelineSpec, method: str, arg: Any, context: dict[str, Any]
     settings = Settings.from_env(os.environ)
     try:
         store, root = open_store(settings)
-        stage = Stage(spec, store, root, run_info(context, spec))
+        stage = Stage(spec, store, root, run_info(context, spec), clients.from_airflow())
+        if method == "extract":
+            return stage.extract(arg, full_refresh=bool(context.get("params", {}).get("full_refresh")))
         return getattr(stage, method)(arg)
+    except NoNewData as exc:
+        raise AirflowSkipException(str(exc.within(spec.name, context["series"]))) from exc
     except RetrainError as exc:
         exc.within(spec.name, context["series"])
         if exc.permanent:

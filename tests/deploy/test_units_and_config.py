@@ -141,3 +141,15 @@ def test_missing_env_file_is_a_clear_error(profile: Profile) -> None:
 
     with pytest.raises(services.ServiceError, match=r"cannot read the environment file .*airflow.env.*make up"):
         services.process_env(profile)
+
+
+def test_stack_command_line_keeps_options_apart_from_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up --reset-db` must reach up(); `exec -- CMD --flag` must pass --flag to CMD."""
+    from deploy import stack
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(stack, "up", lambda reset_db=False: calls.append(("up", reset_db)))
+    monkeypatch.setattr(stack, "run_with_env", lambda argv: calls.append(("exec", argv)) or 0)
+    assert stack.main(["up", "--reset-db"]) == 0
+    assert stack.main(["exec", "--", "airflow", "dags", "list", "-o", "json"]) == 0
+    assert calls == [("up", True), ("exec", ["--", "airflow", "dags", "list", "-o", "json"])]

@@ -19,7 +19,7 @@ import pytest
 from deploy import services
 from deploy.render import unit_commands
 from include.retrain_airflow.cli import failed_tasks, trigger, wait_for_runs
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, write_flaky_csv
 from tests.helpers import BUNDLE, free_port
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +92,9 @@ def test_scheduler_killed_mid_task_recovers_without_publishing_twice(stack: Stac
     unit's cgroup) while `train` runs; restart it: the run completes within 90 s, once."""
     s3 = stack.s3()
     s3.put_bucket_versioning(Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"})
+    pointer_writes = _versions(stack, "models/slow/level/latest.json")
     dag_id = "retrain_slow"
+    write_flaky_csv(stack.state / "data" / "slow.csv", days=122)  # new data: the run trains
     run_id = trigger(stack.api, dag_id)
     _wait_for_task_state(stack, dag_id, run_id, "train", "running", timeout=180)
     time.sleep(2)
@@ -115,16 +117,18 @@ def test_scheduler_killed_mid_task_recovers_without_publishing_twice(stack: Stac
     version = json.loads(stack.get("models/slow/level/latest.json"))["version"]
     assert _versions(stack, f"models/slow/level/{version}/model.pkl") == 1
     assert _versions(stack, f"models/slow/level/{version}/manifest.json") == 1
-    assert _versions(stack, "models/slow/level/latest.json") == 1
+    assert _versions(stack, "models/slow/level/latest.json") == pointer_writes + 1
 
     again = _trigger_now(stack, dag_id)
     assert wait_for_runs(stack.api, {dag_id: again}, timeout=240)[dag_id] == "success"
-    assert _versions(stack, f"models/slow/level/{version}/model.pkl") == 1, "same model: nothing rewritten"
+    assert _task(stack, dag_id, again, "extract")["state"] == "skipped", "no new data: nothing retrained"
+    assert _versions(stack, f"models/slow/level/{version}/model.pkl") == 1, "nothing rewritten"
 
 
 def test_tasks_survive_an_api_server_restart(stack: Stack) -> None:
     """The api-server goes down while a task runs and comes back: the run still succeeds."""
     dag_id = "retrain_slow"
+    write_flaky_csv(stack.state / "data" / "slow.csv", days=123)  # new data: the run trains
     run_id = _trigger_now(stack, dag_id)
     _wait_for_task_state(stack, dag_id, run_id, "train", "running", timeout=180)
     services.stop(stack.profile, "api-server")

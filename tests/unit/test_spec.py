@@ -24,7 +24,7 @@ def spec_error(directory: Path, raw: object, stem: str = "tiny") -> SpecError:
 
 
 def test_shipped_spec_names(pipelines_dir):
-    assert spec_names(pipelines_dir) == ["co2_weekly", "us_macro"]
+    assert spec_names(pipelines_dir) == ["co2_weekly", "stocks_daily", "us_macro"]
 
 
 def test_co2_weekly_spec_loads(pipelines_dir):

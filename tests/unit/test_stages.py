@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from include.retrain.errors import (
     DataValidationError,
     IntegrityError,
     ModelError,
+    NoNewData,
     RetrainError,
     SourceError,
     SpecError,
@@ -74,9 +77,9 @@ def test_chain_publishes_a_loadable_model_for_every_kind(make_stage, store, mode
     result = run_chain(stage)[-1]
     assert result["pipeline"] == "tiny"
     assert result["series"] == "level"
-    assert result["version"] == "20210104T060000Z"
+    assert re.fullmatch(r"20210104T060000Z-[0-9a-f]{8}", result["version"]), "window end, then the data it saw"
     assert result["latest_moved"] is True
-    assert result["model_key"] == "models/tiny/level/20210104T060000Z/model.pkl"
+    assert result["model_key"] == f"models/tiny/level/{result['version']}/model.pkl"
     fitted, manifest = registry.load_model(store, stage.layout, "level")
     forecast = models.forecast(
         fitted, stage.spec.model, stage.get_series(stage.key("level", "clean.parquet")), 3, "W-SAT"
@@ -94,8 +97,15 @@ def test_refs_are_small_json_serializable_dicts(make_stage):
 
 def test_stage_refs_carry_keys_and_counts(make_stage, store):
     extract, validate, preprocess, split, train, evaluate, _ = run_chain(make_stage(model=RIDGE))
-    work = "models/_runs/tiny/level/20210104T060000Z"
-    assert extract == {"series": "level", "raw": f"{work}/raw.parquet", "rows": 40}
+    work = "models/_runs/tiny/level/20210104T060000Z/scheduled__test"
+    assert {k: extract[k] for k in ("series", "raw", "rows", "fetched_rows", "reused_snapshot")} == {
+        "series": "level",
+        "raw": f"{work}/raw.parquet",
+        "rows": 40,
+        "fetched_rows": 40,
+        "reused_snapshot": False,
+    }
+    assert extract["snapshot_fingerprint"].startswith("sha256:")
     assert validate["validation"] == {
         "rows": 40,
         "missing": 0,
@@ -109,13 +119,13 @@ def test_stage_refs_carry_keys_and_counts(make_stage, store):
 
 
 def test_chain_writes_exactly_the_expected_keys(make_stage, store):
-    run_chain(make_stage())
-    work = "models/_runs/tiny/level/20210104T060000Z/"
+    version = run_chain(make_stage())[-1]["version"]
+    work = "models/_runs/tiny/level/20210104T060000Z/scheduled__test/"
     names = ["candidate.pkl", "clean.parquet", "metrics.json", "raw.parquet", "test.parquet", "train.parquet"]
     assert store.list("") == [
         *(work + n for n in [*names, "validation.json"]),
-        "models/tiny/level/20210104T060000Z/manifest.json",
-        "models/tiny/level/20210104T060000Z/model.pkl",
+        f"models/tiny/level/{version}/manifest.json",
+        f"models/tiny/level/{version}/model.pkl",
         "models/tiny/level/latest.json",
     ]
 
@@ -140,8 +150,8 @@ def test_evaluate_reports_model_and_baseline_on_the_test_window(make_stage):
 
 def test_manifest_records_run_data_model_and_usage(make_stage, store):
     stage = make_stage(model=RIDGE)
-    run_chain(stage)
-    manifest = json.loads(store.read("models/tiny/level/20210104T060000Z/manifest.json"))
+    version = run_chain(stage)[-1]["version"]
+    manifest = json.loads(store.read(f"models/tiny/level/{version}/manifest.json"))
     assert (manifest["pipeline"], manifest["series"], manifest["target"]) == ("tiny", "level", "value")
     assert (manifest["dag_id"], manifest["run_id"]) == ("retrain_test", "scheduled__test")
     assert manifest["data_window"]["end"] == "2021-01-04T06:00:00+00:00"
@@ -184,25 +194,60 @@ def test_preprocess_fills_gaps_before_training(make_stage, weekly):
     assert clean.notna().all()
 
 
-def test_rerun_of_the_same_run_writes_the_same_keys_and_bytes(make_stage, snapshot):
-    """A retry or a cleared task overwrites its own keys: nothing new appears, nothing changes."""
+def test_retry_of_extract_reuses_the_runs_snapshot_byte_for_byte(make_stage, store, weekly, write_csv):
+    """A retry trains on the data the run first saw, even if the source changed meanwhile."""
+    stage = make_stage()
+    first = stage.extract("level")
+    raw = store.read(first["raw"])
+    write_csv(weekly(40, seed=9))  # the source changes under the run
+    again = stage.extract("level")
+    assert again["reused_snapshot"] is True and again["fetched_rows"] == 0
+    assert again["snapshot_fingerprint"] == first["snapshot_fingerprint"]
+    assert store.read(again["raw"]) == raw
+
+
+def test_rerun_after_publishing_skips_without_writing(make_stage, snapshot):
+    """The current model already saw this snapshot: the rerun stops at extract, nothing changes."""
     run_chain(make_stage())
     first = snapshot()
-    run_chain(make_stage())
+    with pytest.raises(NoNewData, match=r"pipeline 'tiny', series 'level': no new data since the current model"):
+        make_stage().extract("level")
     assert snapshot() == first
+
+
+def test_new_run_with_unchanged_data_skips(make_stage):
+    run_chain(make_stage())
+    with pytest.raises(NoNewData):
+        make_stage(end="2021-01-11T06:00:00+00:00").extract("level")
+
+
+def test_new_run_with_new_data_trains(make_stage, weekly):
+    run_chain(make_stage())
+    result = run_chain(make_stage(frame=weekly(41), end="2021-01-11T06:00:00+00:00"))[-1]
+    assert result["version"].startswith("20210111T060000Z-") and result["latest_moved"] is True
+
+
+def test_new_data_within_the_same_interval_is_a_new_version(make_stage, weekly, store):
+    """A manual run after a late update of the source: same window, other data, new version."""
+    first = run_chain(make_stage())[-1]
+    late = make_stage(frame=weekly(40, seed=5))
+    late.run = dataclasses.replace(late.run, run_id="manual__late")
+    second = run_chain(late)[-1]
+    assert first["version"] != second["version"] and second["latest_moved"] is True
+    assert store.exists(first["model_key"]) and store.exists(second["model_key"])
 
 
 def test_backfill_publishes_its_version_but_keeps_latest(make_stage, store):
     run_chain(make_stage(end="2021-01-11T06:00:00+00:00"))
     pointer = store.read("models/tiny/level/latest.json")
-    result = run_chain(make_stage(end="2021-01-04T06:00:00+00:00"))[-1]
+    result = run_chain(make_stage(end="2020-09-27T06:00:00+00:00"))[-1]  # sees 39 of the 40 weeks
     assert result["latest_moved"] is False
     assert store.read("models/tiny/level/latest.json") == pointer
     assert store.exists(result["model_key"])
 
 
 def test_failed_validation_of_a_later_run_leaves_the_published_model_untouched(make_stage, weekly, snapshot):
-    run_chain(make_stage())
+    version = run_chain(make_stage())[-1]["version"]
     before = published(snapshot())
     bad = weekly(41)
     bad.iloc[-1, 0] = 150.0  # the new week is above validation.max_value
@@ -210,8 +255,8 @@ def test_failed_validation_of_a_later_run_leaves_the_published_model_untouched(m
     assert (name, error.rule) == ("validate", "validation.max_value")
     assert published(snapshot()) == before
     assert set(before) == {
-        "models/tiny/level/20210104T060000Z/manifest.json",
-        "models/tiny/level/20210104T060000Z/model.pkl",
+        f"models/tiny/level/{version}/manifest.json",
+        f"models/tiny/level/{version}/model.pkl",
         "models/tiny/level/latest.json",
     }
 
@@ -326,7 +371,7 @@ def test_shipped_spec_runs_end_to_end(pipelines_dir, store, make_run, name, seri
     spec = load_spec(pipelines_dir / f"{name}.yaml")
     stage = Stage(spec, store, "root", make_run("2010-01-04T06:00:00+00:00"))
     result = run_chain(stage, series)[-1]
-    assert result["model_key"] == f"root/models/{name}/{series}/20100104T060000Z/model.pkl"
+    assert re.fullmatch(rf"root/models/{name}/{series}/20100104T060000Z-[0-9a-f]{{8}}/model.pkl", result["model_key"])
     fitted, manifest = registry.load_model(store, stage.layout, series)
     assert manifest["rows"] == {"total": rows, "train": rows - spec.split.test_size, "test": spec.split.test_size}
     assert all(

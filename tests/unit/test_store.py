@@ -75,7 +75,8 @@ def test_layout_keys():
     layout = Layout("root", "models", "tiny")
     assert layout.version_dir("level", "V1") == "root/models/tiny/level/V1"
     assert layout.latest("level") == "root/models/tiny/level/latest.json"
-    assert layout.work("level", "V1", "raw.parquet") == "root/models/_runs/tiny/level/V1/raw.parquet"
+    assert layout.work("level", "V1", "run1", "raw.parquet") == "root/models/_runs/tiny/level/V1/run1/raw.parquet"
+    assert layout.fetch_state("level") == "root/models/_state/tiny/level.json"
 
 
 def test_layout_without_root():
@@ -89,7 +90,8 @@ def test_run_artifacts_live_outside_the_published_tree():
     layout = Layout("", "models", "tiny")
     published = f"{layout.base}/{layout.pipeline}/"
     assert layout.latest("s").startswith(published)
-    assert not layout.work("s", "V1", "candidate.pkl").startswith(published)
+    assert not layout.work("s", "V1", "run1", "candidate.pkl").startswith(published)
+    assert not layout.fetch_state("s").startswith(published)
 
 
 @pytest.mark.parametrize(
