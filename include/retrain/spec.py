@@ -183,6 +183,7 @@ class Evaluation(_Strict):
     primary_metric: Literal[METRICS] = "mae"  # type: ignore[valid-type]
     baseline: Literal["naive", "seasonal_naive"] = "naive"
     season_length: int | None = Field(default=None, ge=2)
+    backtest_folds: int = Field(default=0, ge=0, le=20, description="walk-forward folds of test_size; 0: off")
 
     @model_validator(mode="after")
     def _season(self) -> Evaluation:

@@ -198,8 +198,31 @@ class Stage:
                 "baseline_kind": ev.baseline,
                 "horizon": len(test),
             }
+            if ev.backtest_folds:
+                metrics["backtest"] = self.backtest(pd.concat([train, test]))
             self.store.write(self.key(series, "metrics.json"), registry.to_json(metrics))
             return {**ref, "metrics": metrics}
+
+    def backtest(self, series: pd.Series) -> dict[str, Any]:
+        """Walk-forward (expanding window) evaluation, so one lucky split decides nothing."""
+        ev, horizon = self.spec.evaluation, self.spec.split.test_size
+        lags = self.spec.model.lags if isinstance(self.spec.model, SklearnModel) else 0
+        cuts = evaluate.fold_cuts(len(series), horizon, ev.backtest_folds, min_train=max(lags + 2, 2 * (lags or 1), 8))
+        model_scores, baseline_scores = [], []
+        for cut in cuts:
+            train, test = series.iloc[:cut], series.iloc[cut : cut + horizon]
+            fitted, _ = models.fit(self.spec.model, train, self.spec.frequency)
+            predicted = models.forecast(fitted, self.spec.model, train, len(test), self.spec.frequency)
+            model_scores.append(evaluate.score(test, predicted, ev.metrics))
+            naive = evaluate.baseline(train, test.index, ev.baseline, ev.season_length)
+            baseline_scores.append(evaluate.score(test, naive, ev.metrics))
+        return {
+            "folds": len(cuts),
+            "horizon": horizon,
+            "test_starts": [str(series.index[cut]) for cut in cuts],
+            "model": evaluate.summarize(model_scores),
+            "baseline": evaluate.summarize(baseline_scores),
+        }
 
     def publish(self, ref: Ref) -> Ref:
         series = ref["series"]

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.retrain import evaluate
+from include.retrain.errors import DataValidationError
 from include.retrain.evaluate import baseline, score
 
 ALL = ["mae", "rmse", "mape"]
@@ -84,3 +86,19 @@ def test_baseline_scores_against_actuals():
     train, test = series([1, 2, 3]), series([4, 5, 6], start="2020-01-25")
     naive = baseline(train, test.index, "naive", None)
     assert score(test, naive, ["mae", "rmse"]) == {"mae": 2.0, "rmse": round(math.sqrt(14 / 3), 6)}
+
+
+def test_walk_forward_folds_expand_and_end_at_the_series_end():
+    """Fold tests are consecutive blocks ending at the last period; each trains on all before."""
+    assert evaluate.fold_cuts(length=40, horizon=4, folds=3, min_train=8) == [28, 32, 36]
+
+
+def test_too_short_for_the_folds_is_a_clear_error():
+    with pytest.raises(DataValidationError, match=r"too few for 5 walk-forward folds of 8.*Fix: lower") as caught:
+        evaluate.fold_cuts(length=40, horizon=8, folds=5, min_train=8)
+    assert caught.value.rule == "backtest folds"
+
+
+def test_backtest_summary_is_mean_and_spread():
+    summary = evaluate.summarize([{"mae": 1.0, "mape": None}, {"mae": 3.0, "mape": None}])
+    assert summary == {"mae": {"mean": 2.0, "std": 1.0}, "mape": {"mean": None, "std": None}}

@@ -394,3 +394,22 @@ def test_store_errors_are_transient_unless_marked_permanent():
     assert StoreError("down", fix="retry").permanent is False
     assert StoreError("no bucket", fix="create it", permanent=True).permanent is True
     assert ModelError("x", fix="y").permanent is True
+
+
+def test_backtest_reports_every_fold_in_the_manifest(make_stage, store):
+    stage = make_stage(evaluation={"backtest_folds": 3})
+    result = run_chain(stage)[-1]
+    backtest = result["metrics"]["backtest"]
+    assert (backtest["folds"], backtest["horizon"]) == (3, 4)
+    weeks = pd.date_range("2020-01-04", periods=40, freq="W-SAT")
+    assert backtest["test_starts"] == [str(weeks[cut]) for cut in (28, 32, 36)], "expanding window, no overlap"
+    assert set(backtest["model"]) == set(backtest["baseline"]) == {"mae", "rmse", "mape"}
+    assert all(v["mean"] is not None and v["std"] >= 0 for v in backtest["model"].values())
+    manifest = json.loads(store.read(result["model_key"].replace("model.pkl", "manifest.json")))
+    assert manifest["metrics"]["backtest"] == backtest
+
+
+def test_backtest_that_does_not_fit_the_data_fails_evaluate(make_stage):
+    name, error = first_failure(make_stage(evaluation={"backtest_folds": 9}))
+    assert (name, error.rule) == ("evaluate", "backtest folds")
+    assert "pipeline 'tiny', series 'level'" in str(error)
