@@ -162,8 +162,7 @@ class Stage:
         series = ref["series"]
         with self.about(series):
             clean = self.get_series(ref["clean"])
-            lags = self.spec.model.lags if isinstance(self.spec.model, SklearnModel) else 0
-            train, test = time_split(clean, self.spec.split.test_size, min_train=max(lags + 2, 2 * (lags or 1), 8))
+            train, test = time_split(clean, self.spec.split.test_size, min_train=self.min_train())
             return {
                 **ref,
                 "train": self.put_frame(series, "train.parquet", train),
@@ -203,11 +202,15 @@ class Stage:
             self.store.write(self.key(series, "metrics.json"), registry.to_json(metrics))
             return {**ref, "metrics": metrics}
 
+    def min_train(self) -> int:
+        """The fewest training periods worth fitting on: a lag model needs rows beyond its lags."""
+        lags = self.spec.model.lags if isinstance(self.spec.model, SklearnModel) else 0
+        return max(lags + 2, 2 * (lags or 1), 8)
+
     def backtest(self, series: pd.Series) -> dict[str, Any]:
         """Walk-forward (expanding window) evaluation, so one lucky split decides nothing."""
         ev, horizon = self.spec.evaluation, self.spec.split.test_size
-        lags = self.spec.model.lags if isinstance(self.spec.model, SklearnModel) else 0
-        cuts = evaluate.fold_cuts(len(series), horizon, ev.backtest_folds, min_train=max(lags + 2, 2 * (lags or 1), 8))
+        cuts = evaluate.fold_cuts(len(series), horizon, ev.backtest_folds, min_train=self.min_train())
         model_scores, baseline_scores = [], []
         for cut in cuts:
             train, test = series.iloc[:cut], series.iloc[cut : cut + horizon]
