@@ -17,7 +17,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from deploy.envfile import read_env_file
@@ -76,17 +77,17 @@ def run_unit_once(profile: Profile, unit: str, timeout: float = 600) -> None:
     _run_logged(profile, unit.removesuffix(".service"), command, timeout)
 
 
-def _run_logged(profile: Profile, name: str, command: str, timeout: float) -> None:
+@contextmanager
+def _logged(profile: Profile, name: str) -> Iterator[dict]:
+    """How every process of the deployment runs: its env file, its state dir, its log."""
     log_file(profile, name).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file(profile, name), "ab") as log:
-        done = subprocess.run(
-            shlex.split(command),
-            env=process_env(profile),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=profile.state_dir,
-            timeout=timeout,
-        )
+        yield {"env": process_env(profile), "stdout": log, "stderr": subprocess.STDOUT, "cwd": profile.state_dir}
+
+
+def _run_logged(profile: Profile, name: str, command: str, timeout: float) -> None:
+    with _logged(profile, name) as options:
+        done = subprocess.run(shlex.split(command), timeout=timeout, **options)
     if done.returncode:
         raise ServiceError(f"{command} failed (exit {done.returncode}):\n{log_tail(profile, name)}")
 
@@ -105,17 +106,8 @@ def spawn(profile: Profile, name: str, command: str) -> int:
     """Start ``command`` in the background, logging to logs/<name>.log, pid in run/."""
     if pid := running(profile, name):
         return pid
-    log_file(profile, name).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file(profile, name), "ab") as log:
-        proc = subprocess.Popen(
-            shlex.split(command),
-            env=process_env(profile),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=profile.state_dir,
-        )
+    with _logged(profile, name) as options:
+        proc = subprocess.Popen(shlex.split(command), stdin=subprocess.DEVNULL, start_new_session=True, **options)
     pid_file(profile, name).parent.mkdir(parents=True, exist_ok=True)
     pid_file(profile, name).write_text(str(proc.pid))
     return proc.pid

@@ -244,6 +244,15 @@ class PipelineSpec(_Strict):
             )
         return self
 
+    def required_connection(self) -> str | None:
+        """The Airflow connection this pipeline cannot run without, if any."""
+        source = self.source
+        if isinstance(source, TiingoSource | PostgresSource):
+            return source.conn_id
+        if isinstance(source, FileSource) and source.path.startswith("s3://"):
+            return source.conn_id
+        return source.conn_id if isinstance(source, DataReaderSource) else None
+
     def series_by_name(self, name: str) -> Series:
         for series in self.series:
             if series.name == name:

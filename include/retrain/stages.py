@@ -96,8 +96,7 @@ class Stage:
             }
 
     def _incremental(self, full_refresh: bool) -> bool:
-        source = self.spec.source
-        return source.kind in INCREMENTAL_KINDS and getattr(source, "incremental", False) and not full_refresh
+        return getattr(self.spec.source, "incremental", False) and not full_refresh
 
     def _fetch(self, series: str, full_refresh: bool) -> tuple[pd.DataFrame, int]:
         target = self.spec.series_by_name(series).target

@@ -96,18 +96,8 @@ def trigger(api: Api, dag_id: str) -> str:
     return response.json()["dag_run_id"]
 
 
-def required_connection(spec: PipelineSpec) -> str | None:
-    """The Airflow connection a pipeline cannot run without, if any."""
-    source = spec.source
-    if source.kind in ("tiingo", "postgres"):
-        return source.conn_id
-    if source.kind == "file" and source.path.startswith("s3://"):
-        return source.conn_id
-    return getattr(source, "conn_id", None) if source.kind == "datareader" else None
-
-
 def missing_connection(api: Api, spec: PipelineSpec) -> str | None:
-    conn_id = required_connection(spec)
+    conn_id = spec.required_connection()
     if conn_id is None or f"AIRFLOW_CONN_{conn_id.upper()}" in os.environ:
         return None
     return None if api.call("GET", f"/connections/{conn_id}").status_code == 200 else conn_id

@@ -26,9 +26,9 @@ from deploy.profile import Profile, local_profile
 from include.retrain_airflow.cli import Api, api_from_env
 from tests.helpers import BUNDLE, free_port
 
-FLAKY_SPEC = """\
-name: flaky
-description: Test pipeline reading a CSV file that the tests rewrite.
+TEST_SPEC = """\
+name: {name}
+description: {description}
 schedule: "0 0 * * *"
 start_date: 2024-01-01
 frequency: D
@@ -36,24 +36,21 @@ source: {{kind: file, path: "{csv}", time_column: day}}
 series:
   - {{name: level, target: level}}
 validation: {{min_rows: 60, max_null_fraction: 0.05}}
-model: {{kind: arima, order: [1, 0, 0], trend: c}}
-split: {{test_size: 14}}
+model: {model}
+split: {split}
 """
-
-
-SLOW_SPEC = """\
-name: slow
-description: Test pipeline whose train task takes a while (to crash the scheduler under).
-schedule: "0 0 * * *"
-start_date: 2024-01-01
-frequency: D
-source: {{kind: file, path: "{csv}", time_column: day}}
-series:
-  - {{name: level, target: level}}
-validation: {{min_rows: 60}}
-model: {{kind: sklearn, estimator: tests.e2e.slow_model.SlowRegressor, params: {{delay: 12}}, lags: 3}}
-split: {{test_size: 14, refit_on_full: false}}
-"""
+TEST_PIPELINES = {
+    "flaky": {
+        "description": "Test pipeline reading a CSV file that the tests rewrite.",
+        "model": "{kind: arima, order: [1, 0, 0], trend: c}",
+        "split": "{test_size: 14}",
+    },
+    "slow": {
+        "description": "Test pipeline whose train task takes a while (to crash the scheduler under).",
+        "model": "{kind: sklearn, estimator: tests.e2e.slow_model.SlowRegressor, params: {delay: 12}, lags: 3}",
+        "split": "{test_size: 14, refit_on_full: false}",
+    },
+}
 
 
 @dataclass
@@ -114,14 +111,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     dags, pipelines = state / "dags", state / "pipelines"
     shutil.copytree(BUNDLE / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(BUNDLE / "include" / "pipelines", pipelines)
-    for name, spec in (("flaky", FLAKY_SPEC), ("slow", SLOW_SPEC)):
+    for name, fields in TEST_PIPELINES.items():
         (dags / f"retrain_{name}.py").write_text(
             '"""Test pipeline."""\nfrom include.retrain_airflow.factory import build_retrain_dag\n\n'
             f'dag = build_retrain_dag("{name}")\n'
         )
         csv = state / "data" / f"{name}.csv"
         write_flaky_csv(csv)
-        (pipelines / f"{name}.yaml").write_text(spec.format(csv=csv))
+        (pipelines / f"{name}.yaml").write_text(TEST_SPEC.format(name=name, csv=csv, **fields))
     settings = {
         "RETRAIN_STACK_DIR": str(state),
         "RETRAIN_API_PORT": str(free_port()),

@@ -206,3 +206,21 @@ def test_valid_cron_expressions_are_accepted(make_spec, schedule):
 def test_out_of_range_cron_is_rejected(tmp_path, spec_dict, schedule):
     error = spec_error(tmp_path, spec_dict(schedule=schedule))
     assert "'schedule'" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("source", "needed"),
+    [
+        ({"kind": "statsmodels", "dataset": "co2"}, None),
+        ({"kind": "file", "path": "/data/x.csv"}, None),
+        ({"kind": "file", "path": "s3://drops/x.csv", "conn_id": "aws_files"}, "aws_files"),
+        ({"kind": "tiingo"}, "tiingo_default"),
+        ({"kind": "postgres", "conn_id": "warehouse", "table": "sales"}, "warehouse"),
+        ({"kind": "datareader"}, None),
+        ({"kind": "datareader", "conn_id": "fred_proxy"}, "fred_proxy"),
+    ],
+)
+def test_required_connection_names_what_the_pipeline_cannot_run_without(spec_dict, source, needed):
+    """make run leaves out pipelines whose connection is missing; this is how it knows."""
+    raw = spec_dict(window={"max_history": 60}) | {"source": source}
+    assert PipelineSpec.model_validate(raw).required_connection() == needed
