@@ -59,6 +59,11 @@ undeploy:
 models: $(INSTALLED)
 	@$(STACK) exec -- $(PY) -m include.retrain_airflow.cli models
 
+## Inspect or change the model registry: make registry ARGS="list" (show, promote, rollback, verify)
+.PHONY: registry
+registry: $(INSTALLED)
+	@$(STACK) exec -- $(PY) -m include.retrain_airflow.registry $(ARGS)
+
 ## Render airflow.cfg from airflow.cfg.template (creates the env file on first use)
 .PHONY: config
 config: $(INSTALLED)

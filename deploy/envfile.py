@@ -21,6 +21,7 @@ SECRET_KEYS = (
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW__API__SECRET_KEY",
     "AIRFLOW__CORE__FERNET_KEY",
+    "RETRAIN_SIGNING_KEY",
 )
 
 
@@ -60,6 +61,7 @@ def new_secrets() -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
         "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        "RETRAIN_SIGNING_KEY": secrets.token_urlsafe(32),  # HMAC of every published model
     }
 
 
@@ -92,6 +94,14 @@ def settings(profile: Profile, overrides: dict[str, str]) -> dict[str, str]:
 def database_url(values: dict[str, str]) -> str:
     return (
         f"postgresql+psycopg2://{values['RETRAIN_PG_USER']}:{values['RETRAIN_PG_PASSWORD']}@"
+        f"{values['RETRAIN_PG_HOST']}:{values['RETRAIN_PG_PORT']}/{values['RETRAIN_PG_DB']}"
+    )
+
+
+def history_connection(values: dict[str, str]) -> str:
+    """The PostgreSQL connection for the decision history and batch forecasts (same server and role)."""
+    return (
+        f"postgresql://{values['RETRAIN_PG_USER']}:{values['RETRAIN_PG_PASSWORD']}@"
         f"{values['RETRAIN_PG_HOST']}:{values['RETRAIN_PG_PORT']}/{values['RETRAIN_PG_DB']}"
     )
 
@@ -131,5 +141,6 @@ def ensure(
     existing = read_env_file(profile.env_file) if profile.env_file.exists() else {}
     values = merged(existing, {**settings(profile, overrides), **new_secrets(), **overrides})
     values.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", database_url(values))
+    values.setdefault("AIRFLOW_CONN_RETRAIN_DB", history_connection(values))
     changed = write_private(profile.env_file, render(values), mode=mode, group=group)
     return read_env_file(profile.env_file), changed

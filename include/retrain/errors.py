@@ -87,3 +87,13 @@ class NoNewData(RetrainError):
 
 class IntegrityError(RetrainError):
     """An artifact does not match the checksum recorded for it: it is not loaded."""
+
+
+class ConflictError(StoreError):
+    """Another writer changed a key between our read and our conditional write."""
+
+    permanent = True
+
+
+class NotPromoted(RetrainError):
+    """The gate kept the champion: the promote step has nothing to do (the task skips)."""

@@ -131,6 +131,70 @@ def forecast(fitted: Any, spec: Model, history: pd.Series, steps: int, frequency
         ) from None
 
 
+def model_spec(manifest: dict[str, Any]) -> Model:
+    """A published model's own settings, from its manifest: the spec may have changed since."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(Model).validate_python(manifest["model"])
+    except ValidationError as exc:
+        raise ModelError(
+            f"the manifest of {manifest.get('version')} has model settings this version cannot read "
+            f"({exc.error_count()} errors)",
+            rule="manifest fields",
+            fix="promote a model trained with this version of the bundle",
+        ) from None
+
+
+def forecast_published(fitted: Any, manifest: dict[str, Any], steps: int) -> pd.Series:
+    """``steps`` periods after the data the published model last saw, from its manifest alone.
+
+    statsmodels results carry their own state; a scikit-learn pipeline reads its lags from
+    the last observations recorded in the manifest.
+    """
+    spec, frequency = model_spec(manifest), manifest["frequency"]
+    window = manifest["data_window"]
+    if isinstance(spec, SklearnModel):
+        observed = manifest["usage"]["last_observations"]
+        history = pd.Series(list(observed.values()), index=pd.DatetimeIndex(list(observed), name="timestamp"))
+        return forecast(fitted, spec, history.asfreq(frequency), steps, frequency)
+    origin = pd.Timestamp(window.get("model_end") or window["last_timestamp"])
+    return forecast(fitted, spec, pd.Series([0.0], index=pd.DatetimeIndex([origin])), steps, frequency)
+
+
+def forecast_from(fitted: Any, spec: Model, history: pd.Series, steps: int, frequency: str) -> pd.Series:
+    """Forecast after ``history`` with ``fitted``'s parameters, whatever data it was fitted on.
+
+    A fitted model is its parameters; the state it forecasts from comes from data. This is
+    how the champion is scored on the candidate's test window (same history, same window,
+    only the learned parameters differ) and how a kept champion forecasts from newer data.
+    """
+    try:
+        return _forecast(_condition(fitted, spec, history, frequency), spec, history, steps, frequency)
+    except (ValueError, TypeError, ArithmeticError, AttributeError, IndexError) as exc:
+        raise ModelError(
+            f"forecasting {steps} steps with the fitted {spec.kind} model from new data failed: {exc}",
+            rule="model forecasts",
+            fix="the model's settings may no longer match the data (frequency, season length); retrain it",
+        ) from None
+
+
+def _condition(fitted: Any, spec: Model, history: pd.Series, frequency: str) -> Any:
+    """The same parameters, filtered through ``history`` (statsmodels ``apply`` without refitting)."""
+    if isinstance(spec, SklearnModel):
+        return fitted  # lag features are read from the history at forecast time
+    y = _with_freq(history, frequency)
+    if isinstance(spec, StlArimaModel):
+        from statsmodels.tsa.forecasting.stl import STLForecastResults
+        from statsmodels.tsa.seasonal import STL
+
+        stl = STL(y, period=spec.period, robust=spec.robust)
+        decomposed = stl.fit()
+        inner = fitted.model_result.apply(decomposed.trend + decomposed.resid, refit=False)
+        return STLForecastResults(stl, decomposed, inner.model, inner, y)
+    return fitted.apply(y, refit=False)
+
+
 def _forecast(fitted: Any, spec: Model, history: pd.Series, steps: int, frequency: str) -> pd.Series:
     index = pd.date_range(history.index[-1], periods=steps + 1, freq=frequency, name="timestamp")[1:]
     if not isinstance(spec, SklearnModel):

@@ -7,7 +7,7 @@ scheduler, the task processes and the command-line tools agree without an Airflo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +21,8 @@ class Settings:
     model_store: str
     aws_conn_id: str
     pipelines_dir: Path
+    history_conn_id: str = "retrain_db"
+    signing_key: bytes | None = field(default=None, repr=False)  # never printed in logs
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -28,6 +30,8 @@ class Settings:
             model_store=env.get("RETRAIN_MODEL_STORE", "s3://retrain-models"),
             aws_conn_id=env.get("RETRAIN_AWS_CONN_ID", "aws_default"),
             pipelines_dir=Path(env.get("RETRAIN_PIPELINES_DIR", BUNDLE_ROOT / "include" / "pipelines")),
+            history_conn_id=env.get("RETRAIN_HISTORY_CONN_ID", "retrain_db"),
+            signing_key=env["RETRAIN_SIGNING_KEY"].encode() if env.get("RETRAIN_SIGNING_KEY") else None,
         )
 
 

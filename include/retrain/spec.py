@@ -194,6 +194,38 @@ class Evaluation(_Strict):
         return self
 
 
+class Promotion(_Strict):
+    """When a candidate replaces the champion (the model consumers load)."""
+
+    margin: float = Field(
+        default=0.0,
+        ge=-0.5,
+        lt=1.0,
+        description="fraction of the champion's primary metric the candidate must improve on; "
+        "0: at least as good; negative: tolerate that much regression",
+    )
+    beat_baseline: bool = Field(default=True, description="the candidate must also beat the naive baseline")
+
+
+class Drift(_Strict):
+    """Compare each run's newest data with the champion's training data."""
+
+    action: Literal["off", "warn", "block"] = "warn"
+    transform: Literal["level", "diff", "pct_change"] = Field(
+        default="diff", description="compare changes, not levels: a trend alone is not drift"
+    )
+    window: int | None = Field(default=None, ge=2, description="newest periods compared; default split.test_size")
+    psi_threshold: float = Field(default=0.25, gt=0.0)
+    ks_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    bins: int = Field(default=10, ge=2, le=50)
+
+
+class Forecast(_Strict):
+    """What the batch_predict DAG writes for each new champion."""
+
+    horizon: int | None = Field(default=None, ge=1, le=1000, description="periods ahead; default split.test_size")
+
+
 class PipelineSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -210,6 +242,9 @@ class PipelineSpec(_Strict):
     model: Model
     split: Split
     evaluation: Evaluation = Evaluation()
+    promotion: Promotion = Promotion()
+    drift: Drift = Drift()
+    forecast: Forecast = Forecast()
     store_prefix: str = Field(default="models", pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
     tags: list[str] = Field(default_factory=list)
 
@@ -243,6 +278,14 @@ class PipelineSpec(_Strict):
                 f"({self.split.test_size}) plus model lags ({lags}), or nothing is left to train on"
             )
         return self
+
+    @property
+    def drift_window(self) -> int:
+        return self.drift.window or self.split.test_size
+
+    @property
+    def horizon(self) -> int:
+        return self.forecast.horizon or self.split.test_size
 
     def required_connection(self) -> str | None:
         """The Airflow connection this pipeline cannot run without, if any."""

@@ -7,12 +7,16 @@ paths, so the layout below is the same on S3 and on disk.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from include.retrain.errors import StoreError
+from include.retrain.errors import ConflictError, StoreError
 
 
 class Store(Protocol):
@@ -27,6 +31,27 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[str]: ...
 
     def describe(self, key: str) -> str: ...
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its entity tag, or None when it does not exist."""
+        ...
+
+    def write_if(self, key: str, data: bytes, etag: str | None) -> None:
+        """Write only if the object still has ``etag`` (None: only if it does not exist yet).
+
+        Raises ``ConflictError`` otherwise: the compare-and-swap that keeps two writers
+        from both moving a pointer.
+        """
+        ...
+
+
+def conflict(store: Store, key: str, etag: str | None) -> ConflictError:
+    expected = "not to exist" if etag is None else f"to still have entity tag {etag}"
+    return ConflictError(
+        f"{store.describe(key)} changed while this task was working (expected it {expected})",
+        rule="atomic pointer update",
+        fix="another run or an operator moved it first; rerun this run to decide against the new state",
+    )
 
 
 class FileStore:
@@ -69,11 +94,36 @@ class FileStore:
         return sorted(
             str(p.relative_to(base))
             for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-") and str(p.relative_to(base)).startswith(prefix)
+            if p.is_file()
+            and not p.name.startswith((".tmp-", ".lock-"))
+            and str(p.relative_to(base)).startswith(prefix)
         )
 
     def describe(self, key: str) -> str:
         return f"file://{self.root / key}"
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".lock-{path.name}", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def write_if(self, key: str, data: bytes, etag: str | None) -> None:
+        with self._locked(key):
+            current = self.read_tagged(key)
+            if (current[1] if current else None) != etag:
+                raise conflict(self, key, etag)
+            self.write(key, data)
 
 
 class Layout:
@@ -89,6 +139,11 @@ class Layout:
         self.base = "/".join(p for p in (root, store_prefix) if p)
         self.pipeline = pipeline
 
+    @classmethod
+    def at(cls, base: str, pipeline: str) -> Layout:
+        """The layout of a pipeline found by listing ``base`` (root and prefix already joined)."""
+        return cls(base, "", pipeline)
+
     def work(self, series: str, version: str, run: str, name: str) -> str:
         return f"{self.base}/_runs/{self.pipeline}/{series}/{version}/{run}/{name}"
 
@@ -100,4 +155,12 @@ class Layout:
         return f"{self.base}/{self.pipeline}/{series}/{version}"
 
     def latest(self, series: str) -> str:
+        """The newest version written, whatever the gate decided about it."""
         return f"{self.base}/{self.pipeline}/{series}/latest.json"
+
+    def champion(self, series: str) -> str:
+        """The version consumers load: moved only by promotion, force, or rollback."""
+        return f"{self.base}/{self.pipeline}/{series}/champion.json"
+
+    def series_dir(self, series: str) -> str:
+        return f"{self.base}/{self.pipeline}/{series}"

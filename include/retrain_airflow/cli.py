@@ -20,7 +20,8 @@ from typing import Any
 
 import requests
 
-from include.retrain.registry import list_latest
+from include.retrain.errors import RetrainError
+from include.retrain.registry import overview
 from include.retrain.settings import Settings, parse_store_uri
 from include.retrain.spec import PipelineSpec, load_spec, spec_names
 from include.retrain_airflow.store import S3Store, open_store
@@ -125,19 +126,33 @@ def failed_tasks(api: Api, dag_id: str, run_id: str) -> list[str]:
 
 
 def models_table(settings: Settings) -> str:
+    """Every series' champion and what the gate decided about its newest version."""
     store, root = open_store(settings)
-    rows = list_latest(store, root)
+    bases = {"/".join(p for p in (root, prefix) if p) for prefix in _prefixes(settings)}
+    rows = [row for base in sorted(bases) for row in overview(store, base)]
     if not rows:
         return "no published models yet"
-    lines = [f"{'pipeline':<12} {'series':<9} {'version':<26} {'metric':<6} {'model':>10} {'baseline':>10}  model key"]
+    lines = [
+        f"{'pipeline':<12} {'series':<9} {'champion':<26} {'metric':<6} {'value':>9} {'baseline':>9}  "
+        "newest version: decision"
+    ]
     for row in rows:
-        metric = row["primary_metric"] or "mae"
-        value, base = row["model"].get(metric), row["baseline"].get(metric)
         lines.append(
-            f"{row['pipeline']:<12} {row['series']:<9} {row['version']:<26} {metric:<6} "
-            f"{_num(value):>10} {_num(base):>10}  {store.describe(row['model_key'])}"
+            f"{row['pipeline']:<12} {row['series']:<9} {row['champion'] or '(none)':<26} "
+            f"{row['primary_metric'] or '':<6} {_num(row['champion_value']):>9} {_num(row['baseline_value']):>9}  "
+            f"{row['newest']}: {row['newest_decision']}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\nEvery version and the reasons: make registry ARGS=list"
+
+
+def _prefixes(settings: Settings) -> set[str]:
+    prefixes = {"models"}
+    for name in spec_names(settings.pipelines_dir):
+        try:
+            prefixes.add(load_spec(settings.pipelines_dir / f"{name}.yaml").store_prefix)
+        except RetrainError:
+            continue
+    return prefixes
 
 
 def _num(value: float | None) -> str:
@@ -149,13 +164,14 @@ def run_all(timeout: float) -> int:
     settings = Settings.from_env(env)
     api = api_from_env(env)
     specs = {name: load_spec(settings.pipelines_dir / f"{name}.yaml") for name in spec_names(settings.pipelines_dir)}
-    wait_for_dags(api, [f"retrain_{name}" for name in specs], timeout=120)
+    wait_for_dags(api, ["batch_predict", *(f"retrain_{name}" for name in specs)], timeout=120)
     dag_ids = []
     for name, spec in specs.items():
         if conn_id := missing_connection(api, spec):
             print(f"not running retrain_{name}: it needs Airflow connection {conn_id!r} (README: data sources)")
         else:
             dag_ids.append(f"retrain_{name}")
+    api.json("PATCH", "/dags/batch_predict", json={"is_paused": False})  # forecasts follow each promotion
     started = time.monotonic()
     runs = {dag_id: trigger(api, dag_id) for dag_id in dag_ids}
     for dag_id, run_id in runs.items():
@@ -165,7 +181,7 @@ def run_all(timeout: float) -> int:
     failed = [dag_id for dag_id, state in states.items() if state != "success"]
     for dag_id in failed:
         print(f"  {dag_id} did not succeed: {'; '.join(failed_tasks(api, dag_id, runs[dag_id]))}", file=sys.stderr)
-    print("\nPublished models (latest version of each series; metric on the test window):")
+    print("\nChampions (the models consumers load) and the gate's newest decisions:")
     print(models_table(settings))
     host, port = env["RETRAIN_API_HOST"], env["RETRAIN_API_PORT"]
     password_file = Path(env["RETRAIN_STATE_DIR"], "admin-password")

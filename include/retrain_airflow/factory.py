@@ -16,6 +16,8 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_conte
 
 from include.retrain.settings import Settings
 from include.retrain.spec import PipelineSpec, load_spec
+from include.retrain_airflow.assets import champion_asset
+from include.retrain_airflow.notify import on_failure, on_promotion
 
 DEFAULT_RETRIES = 2
 TASK_TIMEOUT = timedelta(minutes=30)
@@ -28,9 +30,14 @@ def _doc(spec: PipelineSpec, path: str) -> str:
         f"- **Spec:** `{path}`\n- **Source:** `{spec.source.kind}`\n- **Series:** {series}\n"
         f"- **Model:** `{spec.model.kind}`\n- **Schedule:** `{spec.schedule}` ({spec.timezone}); each run trains on "
         "data up to the end of its data interval\n\n"
-        "Per series: extract → validate → preprocess → split → train → evaluate → publish. "
-        "Published models land under `<store>/<store_prefix>/<pipeline>/<series>/<version>/` "
-        "with `model.pkl`, `manifest.json` and a `latest.json` pointer moved last."
+        "Per series: extract → validate → preprocess → split → train → evaluate → gate → publish → promote. "
+        "Every candidate is kept under `<store>/<store_prefix>/<pipeline>/<series>/<version>/` with `model.pkl`, "
+        "`profile.json` and `manifest.json` (its metrics and the gate's decision); `champion.json` moves only when "
+        f"the candidate beats the champion (margin {spec.promotion.margin:.1%} on `{spec.evaluation.primary_metric}`)"
+        f" and the naive baseline. Drift: `{spec.drift.action}`. The `promote` task is skipped when the gate keeps "
+        "the champion; when it runs it emits an asset event that triggers `batch_predict`.\n\n"
+        "Trigger params: `promotion` = `gate` (default), `force` (promote whatever the gate says) or `dry_run` "
+        "(decide and record, publish nothing); `full_refresh` refetches the whole history."
     )
 
 
@@ -46,13 +53,14 @@ def build_retrain_dag(name: str) -> DAG:
     spec = load_spec(path)
     start = datetime.combine(spec.start_date, datetime.min.time(), tzinfo=UTC)
     label = "{{ series }}"
+    asset = champion_asset(spec, settings)
 
     with DAG(
         dag_id=f"retrain_{spec.name}",
         schedule=CronDataIntervalTimetable(spec.schedule, timezone=spec.timezone),
         start_date=start,
         catchup=False,
-        max_active_runs=1,  # two runs of one pipeline would race on its latest.json pointer
+        max_active_runs=1,  # one run at a time per pipeline; champion.json writes are conditional as well
         default_args={
             "owner": spec.owner,
             "retries": DEFAULT_RETRIES,
@@ -60,14 +68,21 @@ def build_retrain_dag(name: str) -> DAG:
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=10),
             "execution_timeout": TASK_TIMEOUT,
+            "on_failure_callback": on_failure(),
         },
         doc_md=_doc(spec, str(path)),
         params={
+            "promotion": Param(
+                "gate",
+                enum=["gate", "force", "dry_run"],
+                description="gate: promote only a better model; force: promote this run's model whatever the gate "
+                "says; dry_run: decide and record the decision, publish nothing.",
+            ),
             "full_refresh": Param(
                 False,
                 type="boolean",
                 description="Fetch the whole history again instead of only what is new since the last snapshot.",
-            )
+            ),
         },
         tags=["ml", "retraining", *spec.tags],
     ) as dag:
@@ -103,11 +118,21 @@ def build_retrain_dag(name: str) -> DAG:
             return _stage(spec, "evaluate", ref)
 
         @task(map_index_template=label)
+        def gate(ref: dict[str, Any]) -> dict[str, Any]:
+            """Score the champion on the same windows, compare drift, decide promotion."""
+            return _stage(spec, "gate", ref)
+
+        @task(map_index_template=label)
         def publish(ref: dict[str, Any]) -> dict[str, Any]:
-            """Refit if asked, write model.pkl and manifest.json, then move latest.json."""
+            """Keep the candidate as an immutable version with its decision; record it in the history table."""
             return _stage(spec, "publish", ref)
 
+        @task(map_index_template=label, outlets=[asset], on_success_callback=on_promotion())
+        def promote(ref: dict[str, Any]) -> dict[str, Any]:
+            """Move champion.json to this version (skipped when the gate kept the champion)."""
+            return _stage(spec, "promote", ref)
+
         refs = extract.expand(series=[s.name for s in spec.series])
-        for step in (validate, preprocess, split, train, evaluate, publish):
+        for step in (validate, preprocess, split, train, evaluate, gate, publish, promote):
             refs = step.expand(ref=refs)
     return dag

@@ -7,13 +7,14 @@ DAG-parse time.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from croniter import croniter
 
-from include.retrain.errors import NoNewData, RetrainError
+from include.retrain.errors import NoNewData, NotPromoted, RetrainError
 from include.retrain.registry import RunInfo
 from include.retrain.settings import Settings
 from include.retrain.spec import PipelineSpec
@@ -57,20 +58,64 @@ def run_info(context: dict[str, Any], spec: PipelineSpec) -> RunInfo:
     )
 
 
+def history_writer(conn_id: str) -> Callable[[dict[str, Any]], None]:
+    """Write a decision row through PostgresHook (the table is created or migrated on first use)."""
+
+    def record(row: dict[str, Any]) -> None:
+        from include.retrain import history
+        from include.retrain_airflow.history import opened
+
+        when = row.get("window_end")
+        fields = {**row, "window_end": datetime.fromisoformat(when) if isinstance(when, str) else when}
+        with opened(conn_id) as conn:
+            history.record_decision(conn, history.Decision(**fields))
+
+    return record
+
+
 def run_stage(spec: PipelineSpec, method: str, arg: Any, context: dict[str, Any]) -> dict[str, Any]:
     """Run one stage; errors no retry can cure fail the task at once, with their message."""
     context["series"] = arg if isinstance(arg, str) else arg["series"]  # map_index_template
     settings = Settings.from_env(os.environ)
+    params = context.get("params") or {}
+    mode = params.get("promotion", "gate")
     try:
         store, root = open_store(settings)
-        stage = Stage(spec, store, root, run_info(context, spec), clients.from_airflow())
+        stage = Stage(
+            spec,
+            store,
+            root,
+            run_info(context, spec),
+            clients.from_airflow(),
+            history=history_writer(settings.history_conn_id),
+            signing_key=settings.signing_key,
+        )
         if method == "extract":
-            return stage.extract(arg, full_refresh=bool(context.get("params", {}).get("full_refresh")))
-        return getattr(stage, method)(arg)
-    except NoNewData as exc:
+            return stage.extract(arg, full_refresh=bool(params.get("full_refresh")), skip_seen=mode == "gate")
+        if method == "gate":
+            return stage.gate(arg, mode=mode)
+        result = getattr(stage, method)(arg)
+        if method == "promote":
+            announce(context, spec, settings, result)
+        return result
+    except (NoNewData, NotPromoted) as exc:
         raise AirflowSkipException(str(exc.within(spec.name, context["series"]))) from exc
     except RetrainError as exc:
         exc.within(spec.name, context["series"])
         if exc.permanent:
             raise AirflowFailException(str(exc)) from exc
         raise
+
+
+def announce(context: dict[str, Any], spec: PipelineSpec, settings: Settings, result: dict[str, Any]) -> None:
+    """The asset event of a promotion names what changed, so consumers need not list the store."""
+    from include.retrain_airflow.assets import champion_asset
+
+    event = context["outlet_events"][champion_asset(spec, settings)]
+    event.extra = {
+        "pipeline": spec.name,
+        "series": result["series"],
+        "version": result["version"],
+        "sha256": result["champion"]["sha256"],
+        "decision": result["decision"]["status"],
+    }

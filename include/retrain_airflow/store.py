@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from include.retrain.errors import StoreError
 from include.retrain.settings import Settings, parse_store_uri
-from include.retrain.store import FileStore, Store
+from include.retrain.store import FileStore, Store, conflict
 
 T = TypeVar("T")
 PERMANENT_CODES = {
@@ -82,6 +82,36 @@ class S3Store:
 
     def list(self, prefix: str) -> list[str]:
         return sorted(self._call(prefix, lambda: self.hook.list_keys(self.bucket, prefix=prefix)))
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                response = self.hook.get_conn().get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return response["Body"].read(), response["ETag"]
+
+        return self._call(key, get)
+
+    def write_if(self, key: str, data: bytes, etag: str | None) -> None:
+        """A conditional PUT (``If-Match`` / ``If-None-Match: *``): S3 itself refuses a lost race."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+
+        def put() -> None:
+            try:
+                self.hook.get_conn().put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise conflict(self, key, etag) from None
+                raise
+
+        self._call(key, put)
 
     def ensure_bucket(self) -> bool:
         """Create the bucket if it is missing; return True when it was created."""

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
-from airflow.sdk import CronDataIntervalTimetable
+from airflow.sdk import Asset, CronDataIntervalTimetable
 
 from include.retrain.spec import load_spec, spec_names
 
 BUNDLE = Path(__file__).resolve().parents[2]
 PIPELINES = BUNDLE / "include" / "pipelines"
-CHAIN = ["extract", "validate", "preprocess", "split", "train", "evaluate", "publish"]
+CHAIN = ["extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote"]
 HEAVY = ("pandas", "numpy", "sklearn", "statsmodels", "boto3", "botocore", "pyarrow", "scipy")
 
 
@@ -34,7 +34,7 @@ def test_one_dag_per_spec(dagbag: DagBag) -> None:
     """A spec without a DAG file (or the reverse) would silently never run."""
     names = spec_names(PIPELINES)
     assert names, "no pipeline specs shipped"
-    assert sorted(dagbag.dag_ids) == sorted(f"retrain_{n}" for n in names)
+    assert sorted(dagbag.dag_ids) == sorted(["batch_predict", *(f"retrain_{n}" for n in names)])
     assert sorted(p.stem for p in (BUNDLE / "dags").glob("retrain_*.py")) == [f"retrain_{n}" for n in names]
 
 
@@ -42,7 +42,7 @@ def test_one_dag_per_spec(dagbag: DagBag) -> None:
 def test_dag_policy(dagbag: DagBag, name: str) -> None:
     dag = dagbag.dags[f"retrain_{name}"]
     spec = load_spec(PIPELINES / f"{name}.yaml")
-    assert dag.max_active_runs == 1, "two runs would race on the latest.json pointer"
+    assert dag.max_active_runs == 1, "two runs would race on the champion pointer"
     assert dag.catchup is False
     assert {"ml", "retraining"} <= set(dag.tags)
     assert isinstance(dag.timetable, CronDataIntervalTimetable), "runs need a real data interval"
@@ -60,6 +60,39 @@ def test_chain_is_mapped_per_series(dagbag: DagBag, name: str) -> None:
     for upstream, downstream in itertools.pairwise(CHAIN):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert all(t.is_mapped for t in dag.tasks), "each stage fans out per series"
+
+
+def test_promotion_params_appear_in_the_trigger_form(dagbag: DagBag) -> None:
+    for name in spec_names(PIPELINES):
+        params = dagbag.dags[f"retrain_{name}"].params
+        assert params["promotion"] == "gate" and params.get_param("promotion").schema["enum"] == [
+            "gate",
+            "force",
+            "dry_run",
+        ]
+        assert params["full_refresh"] is False
+
+
+@pytest.mark.parametrize("name", spec_names(PIPELINES))
+def test_only_promote_announces_the_champion(dagbag: DagBag, name: str) -> None:
+    dag = dagbag.dags[f"retrain_{name}"]
+    outlets = {t.task_id: t.outlets for t in dag.tasks if t.outlets}
+    assert list(outlets) == ["promote"]
+    (asset,) = outlets["promote"]
+    assert isinstance(asset, Asset) and asset.name == f"retrain_{name}_champion"
+    assert dag.get_task("promote").on_success_callback, "promotions notify"
+    assert all(t.on_failure_callback for t in dag.tasks), "failures notify"
+
+
+def test_batch_predict_listens_to_every_pipelines_champion(dagbag: DagBag) -> None:
+    dag = dagbag.dags["batch_predict"]
+    names = {ref.name for ref in dag.timetable.asset_condition.objects}
+    assert names == {f"retrain_{n}_champion" for n in spec_names(PIPELINES)}
+    assert [t.task_id for t in dag.topological_sort()] == ["champions", "predict"]
+    assert dag.get_task("predict").is_mapped and dag.max_active_runs == 1
+    for task in dag.tasks:
+        assert task.retries >= 2 and task.owner == "ml-platform" and task.execution_timeout is not None
+    assert {"ml", "predictions"} <= set(dag.tags)
 
 
 def test_parsing_imports_nothing_heavy(tmp_path: Path) -> None:

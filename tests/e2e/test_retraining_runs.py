@@ -120,7 +120,8 @@ def test_rerun_of_a_published_run_skips_and_changes_nothing(stack: Stack) -> Non
     assert states[dag_id] == "success", failed_tasks(stack.api, dag_id, run_id)
     tasks = _task_states(stack, dag_id, run_id)
     assert tasks["extract"] == ("skipped", 2)
-    assert {tasks[t][0] for t in ("validate", "preprocess", "split", "train", "evaluate", "publish")} == {"skipped"}
+    downstream = ("validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote")
+    assert {tasks[t][0] for t in downstream} == {"skipped"}
     assert stack.keys(f"models/co2_weekly/co2/{pointer['version']}/") == before
     assert _latest(stack, "co2_weekly", "co2") == pointer
     manifest = json.loads(stack.get(pointer["manifest"]))
@@ -154,3 +155,104 @@ def test_bad_data_fails_validate_at_once_and_keeps_the_published_model(stack: St
         assert fragment in log
     assert stack.get(pointer_key) == pointer_before
     assert stack.get(model_key) == model_before
+
+
+# -- champion/challenger, history, downstream predictions, backfill ------------------------
+
+
+def _sql(stack: Stack, query: str, *params: object) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(stack.env["AIRFLOW_CONN_RETRAIN_DB"]) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def _champion(stack: Stack, pipeline: str, series: str) -> dict | None:
+    key = f"models/{pipeline}/{series}/champion.json"
+    return json.loads(stack.get(key)) if stack.keys(key) else None
+
+
+def test_history_table_records_every_gate_decision(stack: Stack) -> None:
+    rows = _sql(
+        stack,
+        "select pipeline, series, version, decision, reason, candidate_value, baseline_value from retrain_decisions"
+        " where actor = 'gate' and pipeline in ('co2_weekly', 'us_macro') order by recorded_at",
+    )
+    seen = {(pipeline, series) for pipeline, series, *_ in rows}
+    assert seen == {(p, s) for p, names in SHIPPED.items() for s in names}
+    for pipeline, series, version, decision, reason, candidate, baseline in rows:
+        champion = _champion(stack, pipeline, series)
+        assert decision in ("promoted", "rejected") and reason and candidate is not None and baseline is not None
+        if decision == "promoted":
+            assert champion is not None and champion["version"] == version and champion["promoted_by"] == "promoted"
+        manifest = json.loads(stack.get(f"models/{pipeline}/{series}/{version}/manifest.json"))
+        assert manifest["decision"]["status"] == decision and manifest["decision"]["reason"] == reason
+        assert manifest["artifact"]["signature"]["scheme"] == "hmac-sha256/v1", "the stack signs every model"
+    co2 = next(row for row in rows if row[:2] == ("co2_weekly", "co2"))
+    assert co2[3] == "promoted" and co2[4].startswith("first model")
+
+
+def test_promotions_trigger_batch_predict_which_writes_forecasts(stack: Stack) -> None:
+    """Each promotion is an asset event; batch_predict loads the champion (verified) and writes its forecast."""
+    deadline = time.monotonic() + 300
+    while True:
+        runs = stack.api.json("GET", "/dags/batch_predict/dagRuns", params={"limit": 100})["dag_runs"]
+        if (runs and all(r["state"] in ("success", "failed") for r in runs)) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert runs and {r["state"] for r in runs} == {"success"}, runs
+    assert {r["run_type"] for r in runs} == {"asset_triggered"}
+    rows = _sql(
+        stack,
+        "select pipeline, series, model_version, run_id, count(*), min(step), max(step) from retrain_forecasts"
+        " group by 1, 2, 3, 4",
+    )
+    written = {(p, s): (v, n, lo, hi) for p, s, v, _, n, lo, hi in rows}
+    champions = {(p, s): _champion(stack, p, s) for p, names in SHIPPED.items() for s in names}
+    for (pipeline, series), champion in champions.items():
+        if champion is None:
+            assert (pipeline, series) not in written, "no champion, no forecast"
+            continue
+        horizon = 52 if pipeline == "co2_weekly" else 8
+        assert written[(pipeline, series)] == (champion["version"], horizon, 1, horizon)
+
+
+def test_backfill_shows_a_sequence_of_versions_with_their_decisions(stack: Stack) -> None:
+    """Three past quarters of us_macro: each a new immutable version, none replaces the newer champion."""
+    dag_id = "retrain_us_macro"
+    done = stack.run(
+        "airflow",
+        "backfill",
+        "create",
+        "--dag-id",
+        dag_id,
+        "--from-date",
+        "2008-03-01",
+        "--to-date",
+        "2008-10-03",
+        "--max-active-runs",
+        "1",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        runs = stack.api.json("GET", f"/dags/{dag_id}/dagRuns", params={"run_type": "backfill", "limit": 10})
+        states = [r["state"] for r in runs["dag_runs"]]
+        if len(states) == 3 and set(states) <= {"success", "failed"}:
+            break
+        time.sleep(3)
+    assert states == ["success"] * 3, states
+    listing = stack.run(sys.executable, "-m", "include.retrain_airflow.registry", "list", "us_macro", "unemp")
+    print(listing.stdout)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    for end in ("20080702T070000Z", "20081002T070000Z", "20090102T070000Z"):
+        line = next(line for line in lines if end in line)
+        assert "rejected" in line
+    rows = _sql(
+        stack,
+        "select version, decision, reason from retrain_decisions where pipeline = 'us_macro' and series = 'unemp'"
+        " and run_id like 'backfill%%' order by version",
+    )
+    assert [r[0][:16] for r in rows] == ["20080702T070000Z", "20081002T070000Z", "20090102T070000Z"]
+    assert all(r[1] == "rejected" and "a backfill does not replace a newer model" in r[2] for r in rows)

@@ -17,7 +17,7 @@ from include.retrain.stages import Stage
 from include.retrain.store import FileStore
 from tests.standins import TOKEN, StandIn, serve
 
-CHAIN = ("validate", "preprocess", "split", "train", "evaluate", "publish")
+CHAIN = ("validate", "preprocess", "split", "train", "evaluate", "gate", "publish")
 SPEC = PipelineSpec.model_validate(
     {
         "name": "ticks",

@@ -24,6 +24,7 @@ def manifest(version: str, end: str, data: bytes, series: str = "level", pipelin
         "version": version,
         "data_window": {"start": None, "end": end},
         "metrics": {"primary_metric": "mae", "model": {"mae": 1.0}, "baseline": {"mae": 2.0}},
+        "model": {"kind": "arima", "order": [1, 0, 0]},
         "artifact": {"file": "model.pkl", "sha256": registry.sha256(data), "bytes": len(data)},
     }
 
@@ -131,7 +132,7 @@ def test_published_version_is_immutable(store, snapshot):
         publish(store, V1, END1, obj="second")
     assert caught.value.permanent
     assert snapshot() == before
-    assert registry.load_model(store, LAYOUT, "level")[0]["model"] == "first"
+    assert registry.load_model(store, LAYOUT, "level", "latest")[0]["model"] == "first"
 
 
 @pytest.mark.parametrize("fail_on", ["model.pkl", "manifest.json", "latest.json"])
@@ -142,7 +143,7 @@ def test_failed_publish_leaves_previous_version_and_latest_untouched(store, flak
         publish(flaky_store(fail_on), V2, END2)
     after = snapshot()
     assert {key: after[key] for key in before} == before
-    assert registry.load_model(store, LAYOUT, "level")[1]["version"] == V1
+    assert registry.load_model(store, LAYOUT, "level", "latest")[1]["version"] == V1
 
 
 def test_manifest_failure_never_moves_latest(store, flaky_store):
@@ -154,7 +155,7 @@ def test_manifest_failure_never_moves_latest(store, flaky_store):
 def test_load_model_latest_and_by_version(store):
     publish(store, V1, END1, obj="old")
     publish(store, V2, END2, obj="new")
-    model, meta = registry.load_model(store, LAYOUT, "level")
+    model, meta = registry.load_model(store, LAYOUT, "level", "latest")
     assert (model["model"], meta["version"]) == ("new", V2)
     assert registry.load_model(store, LAYOUT, "level", V1)[0]["model"] == "old"
 
@@ -163,13 +164,13 @@ def test_load_model_checks_sha256_against_the_manifest(store):
     publish(store, V1, END1)
     store.write(f"models/tiny/level/{V1}/model.pkl", registry.dumps({"model": "swapped"}))
     with pytest.raises(IntegrityError) as caught:
-        registry.load_model(store, LAYOUT, "level")
+        registry.load_model(store, LAYOUT, "level", "latest")
     assert "tiny/level" in str(caught.value)
 
 
 def test_load_model_without_any_publish_names_pipeline_and_series(store):
     with pytest.raises(StoreError) as caught:
-        registry.load_model(store, LAYOUT, "level")
+        registry.load_model(store, LAYOUT, "level", "latest")
     assert str(caught.value).startswith("pipeline 'tiny', series 'level': no published model yet")
     assert "Fix: run the pipeline's DAG once" in str(caught.value)
     assert caught.value.permanent
@@ -185,26 +186,28 @@ def test_load_model_of_unknown_version_has_no_manifest(store):
 def test_corrupt_latest_json_is_a_permanent_store_error(store, content):
     store.write(LAYOUT.latest("level"), content)
     with pytest.raises(StoreError, match="is not a JSON object") as caught:
-        registry.load_model(store, LAYOUT, "level")
+        registry.load_model(store, LAYOUT, "level", "latest")
     assert caught.value.permanent
 
 
-def test_list_latest_rows(store):
-    publish(store, V1, END1, series="level")
+def test_list_versions_and_overview(store):
     publish(store, V2, END2, series="level")
+    publish(store, V1, END1, series="level")
     publish(store, V1, END1, series="alpha", layout=Layout("", "models", "zeta"))
-    store.write("models/_runs/tiny/level/latest.json", b"{}")  # scratch space is never listed
-    rows = registry.list_latest(store, "models")
-    assert [(r["pipeline"], r["series"], r["version"]) for r in rows] == [("tiny", "level", V2), ("zeta", "alpha", V1)]
-    assert rows[0]["model_key"] == f"models/tiny/level/{V2}/model.pkl"
-    assert rows[0]["primary_metric"] == "mae"
-    assert rows[0]["model"] == {"mae": 1.0}
-    assert rows[0]["baseline"] == {"mae": 2.0}
-    assert rows[0]["bytes"] == len(store.read(rows[0]["model_key"]))
+    store.write("models/_runs/tiny/level/x/manifest.json", b"{}")  # scratch space is never listed
+    versions = registry.list_versions(store, LAYOUT, "level")
+    assert [v["version"] for v in versions] == [V1, V2], "oldest window first"
+    assert versions[0]["candidate"] == 1.0 and versions[0]["baseline"] == 2.0
+    assert registry.series_names(store, "models") == [("tiny", "level"), ("zeta", "alpha")]
+    rows = registry.overview(store, "models")
+    assert [(r["pipeline"], r["series"], r["champion"], r["newest"], r["versions"]) for r in rows] == [
+        ("tiny", "level", None, V2, 2),
+        ("zeta", "alpha", None, V1, 1),
+    ]
 
 
-def test_list_latest_of_empty_store(store):
-    assert registry.list_latest(store, "models") == []
+def test_overview_of_empty_store(store):
+    assert registry.overview(store, "models") == []
 
 
 def test_library_versions_name_the_model_libraries():
@@ -216,4 +219,4 @@ def test_failed_rerun_of_the_latest_version_keeps_it_loadable(store, flaky_store
     publish(store, V1, END1, obj="first")
     with pytest.raises(StoreError):
         publish(flaky_store("manifest.json"), V1, END1, obj="rerun with new data")
-    assert registry.load_model(store, LAYOUT, "level")[0]["model"] == "first"
+    assert registry.load_model(store, LAYOUT, "level", "latest")[0]["model"] == "first"

@@ -26,7 +26,7 @@ from include.retrain.errors import (
 from include.retrain.spec import load_spec
 from include.retrain.stages import Stage
 
-CHAIN = ("extract", "validate", "preprocess", "split", "train", "evaluate", "publish")
+CHAIN = ("extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish")
 RIDGE = {"kind": "sklearn", "estimator": "sklearn.linear_model.Ridge", "lags": 4, "calendar": ["month"], "order": None}
 KINDS = {
     "arima": {"kind": "arima", "order": [1, 0, 0]},
@@ -80,7 +80,7 @@ def test_chain_publishes_a_loadable_model_for_every_kind(make_stage, store, mode
     assert re.fullmatch(r"20210104T060000Z-[0-9a-f]{8}", result["version"]), "window end, then the data it saw"
     assert result["latest_moved"] is True
     assert result["model_key"] == f"models/tiny/level/{result['version']}/model.pkl"
-    fitted, manifest = registry.load_model(store, stage.layout, "level")
+    fitted, manifest = registry.load_model(store, stage.layout, "level", "latest")
     forecast = models.forecast(
         fitted, stage.spec.model, stage.get_series(stage.key("level", "clean.parquet")), 3, "W-SAT"
     )
@@ -96,7 +96,7 @@ def test_refs_are_small_json_serializable_dicts(make_stage):
 
 
 def test_stage_refs_carry_keys_and_counts(make_stage, store):
-    extract, validate, preprocess, split, train, evaluate, _ = run_chain(make_stage(model=RIDGE))
+    extract, validate, preprocess, split, train, evaluate, *_ = run_chain(make_stage(model=RIDGE))
     work = "models/_runs/tiny/level/20210104T060000Z/scheduled__test"
     assert {k: extract[k] for k in ("series", "raw", "rows", "fetched_rows", "reused_snapshot")} == {
         "series": "level",
@@ -121,11 +121,12 @@ def test_stage_refs_carry_keys_and_counts(make_stage, store):
 def test_chain_writes_exactly_the_expected_keys(make_stage, store):
     version = run_chain(make_stage())[-1]["version"]
     work = "models/_runs/tiny/level/20210104T060000Z/scheduled__test/"
-    names = ["candidate.pkl", "clean.parquet", "metrics.json", "raw.parquet", "test.parquet", "train.parquet"]
+    names = ["candidate.pkl", "clean.parquet", "decision.json", "metrics.json", "raw.parquet", "test.parquet"]
     assert store.list("") == [
-        *(work + n for n in [*names, "validation.json"]),
+        *(work + n for n in [*names, "train.parquet", "validation.json"]),
         f"models/tiny/level/{version}/manifest.json",
         f"models/tiny/level/{version}/model.pkl",
+        f"models/tiny/level/{version}/profile.json",
         "models/tiny/level/latest.json",
     ]
 
@@ -173,14 +174,14 @@ def test_refit_on_full_publishes_a_model_fitted_on_all_rows(make_stage, store):
     stage = make_stage()
     train, *_, result = run_chain(stage)[4:]
     assert store.read(result["model_key"]) != store.read(train["candidate"])
-    assert registry.load_model(store, stage.layout, "level")[0].nobs == 40
+    assert registry.load_model(store, stage.layout, "level", "latest")[0].nobs == 40
 
 
 def test_without_refit_the_candidate_is_published(make_stage, store):
     stage = make_stage(split={"refit_on_full": False})
     train = run_chain(stage)[4]
     candidate = registry.verified_loads(store.read(train["candidate"]), train["candidate_sha256"], "candidate")
-    published_model = registry.load_model(store, stage.layout, "level")[0]
+    published_model = registry.load_model(store, stage.layout, "level", "latest")[0]
     assert published_model.nobs == candidate.nobs == 36
     np.testing.assert_array_equal(published_model.params, candidate.params)
 
@@ -257,6 +258,7 @@ def test_failed_validation_of_a_later_run_leaves_the_published_model_untouched(m
     assert set(before) == {
         f"models/tiny/level/{version}/manifest.json",
         f"models/tiny/level/{version}/model.pkl",
+        f"models/tiny/level/{version}/profile.json",
         "models/tiny/level/latest.json",
     }
 
@@ -372,7 +374,7 @@ def test_shipped_spec_runs_end_to_end(pipelines_dir, store, make_run, name, seri
     stage = Stage(spec, store, "root", make_run("2010-01-04T06:00:00+00:00"))
     result = run_chain(stage, series)[-1]
     assert re.fullmatch(rf"root/models/{name}/{series}/20100104T060000Z-[0-9a-f]{{8}}/model.pkl", result["model_key"])
-    fitted, manifest = registry.load_model(store, stage.layout, series)
+    fitted, manifest = registry.load_model(store, stage.layout, series, "latest")
     assert manifest["rows"] == {"total": rows, "train": rows - spec.split.test_size, "test": spec.split.test_size}
     assert all(
         v is not None for v in (*manifest["metrics"]["model"].values(), *manifest["metrics"]["baseline"].values())
