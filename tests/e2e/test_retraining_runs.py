@@ -73,7 +73,10 @@ def test_make_run_job_publishes_every_pipeline(stack: Stack) -> None:
     for pipeline, series_names in SHIPPED.items():
         for series in series_names:
             pointer = _latest(stack, pipeline, series)
-            assert f"s3://{stack.bucket}/{pointer['model']}" in done.stdout
+            line = next(line for line in done.stdout.splitlines() if line.startswith(f"{pipeline:<12} {series:<9}"))
+            assert line.endswith(
+                f"{pointer['version']}: {json.loads(stack.get(pointer['manifest']))['decision']['status']}"
+            )
 
 
 @pytest.mark.parametrize(("pipeline", "series"), [(p, s) for p, names in SHIPPED.items() for s in names])
