@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,3 +25,14 @@ def wait_for_port(port: int, seconds: float = 30) -> None:
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds}s")
+
+
+def ensure_database(name: str) -> str:
+    """A database on the local PostgreSQL server (created when missing, kept between sessions); its DSN."""
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tAqc"]
+    exists = subprocess.run(
+        [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], check=True, text=True, capture_output=True
+    )
+    if exists.stdout.strip() != "1":
+        subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True)
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"

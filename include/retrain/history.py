@@ -243,7 +243,7 @@ class Decision:
     actor: str
     dag_id: str | None = None
     run_id: str | None = None
-    window_end: datetime | None = None
+    window_end: datetime | str | None = None
     primary_metric: str | None = None
     candidate_value: float | None = None
     champion_version: str | None = None
@@ -257,10 +257,15 @@ _JSON_COLUMNS = ("drift", "metrics")
 _FLOAT_COLUMNS = ("candidate_value", "champion_value", "baseline_value")
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """A plain ``datetime`` (not a pandas subclass) with a zone; naive means UTC."""
+def _utc(value: datetime | str | None) -> datetime | None:
+    """A plain ``datetime`` (not a pandas subclass) with a zone; naive means UTC.
+
+    ISO strings are accepted too: run windows travel as strings (through XCom and manifests).
+    """
     if value is None:
         return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
     plain = datetime.combine(value.date(), value.timetz())
     return plain if plain.tzinfo else plain.replace(tzinfo=UTC)
 

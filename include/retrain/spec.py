@@ -353,3 +353,14 @@ def load_spec(path: Path) -> PipelineSpec:
 def spec_names(directory: Path) -> list[str]:
     """Names of the pipelines declared in ``directory``, sorted."""
     return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def valid_specs(directory: Path) -> list[PipelineSpec]:
+    """Every spec in ``directory`` that validates; a broken one is its own DAG's import error."""
+    specs = []
+    for name in spec_names(directory):
+        try:
+            specs.append(load_spec(directory / f"{name}.yaml"))
+        except SpecError:
+            continue
+    return specs

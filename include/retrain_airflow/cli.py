@@ -20,10 +20,9 @@ from typing import Any
 
 import requests
 
-from include.retrain.errors import RetrainError
 from include.retrain.registry import overview
 from include.retrain.settings import Settings, parse_store_uri
-from include.retrain.spec import PipelineSpec, load_spec, spec_names
+from include.retrain.spec import PipelineSpec, load_spec, spec_names, valid_specs
 from include.retrain_airflow.store import S3Store, open_store
 
 TERMINAL = {"success", "failed"}
@@ -146,13 +145,7 @@ def models_table(settings: Settings) -> str:
 
 
 def _prefixes(settings: Settings) -> set[str]:
-    prefixes = {"models"}
-    for name in spec_names(settings.pipelines_dir):
-        try:
-            prefixes.add(load_spec(settings.pipelines_dir / f"{name}.yaml").store_prefix)
-        except RetrainError:
-            continue
-    return prefixes
+    return {"models", *(spec.store_prefix for spec in valid_specs(settings.pipelines_dir))}
 
 
 def _num(value: float | None) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from include.retrain import history, models, registry
 from include.retrain.errors import RetrainError
 from include.retrain.settings import Settings
-from include.retrain.spec import load_spec, spec_names
+from include.retrain.spec import load_spec, valid_specs
 from include.retrain.store import Layout
 from include.retrain_airflow.history import opened
 from include.retrain_airflow.store import open_store
@@ -36,11 +36,7 @@ def changed_champions(context: dict[str, Any]) -> list[dict[str, str]]:
     settings = Settings.from_env(os.environ)
     store, root = open_store(settings)
     found = []
-    for name in spec_names(settings.pipelines_dir):
-        try:
-            spec = load_spec(settings.pipelines_dir / f"{name}.yaml")
-        except RetrainError:
-            continue  # its own DAG shows the import error
+    for spec in valid_specs(settings.pipelines_dir):
         layout = Layout(root, spec.store_prefix, spec.name)
         for series in spec.series:
             if store.exists(layout.champion(series.name)):

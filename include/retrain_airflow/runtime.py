@@ -65,10 +65,8 @@ def history_writer(conn_id: str) -> Callable[[dict[str, Any]], None]:
         from include.retrain import history
         from include.retrain_airflow.history import opened
 
-        when = row.get("window_end")
-        fields = {**row, "window_end": datetime.fromisoformat(when) if isinstance(when, str) else when}
         with opened(conn_id) as conn:
-            history.record_decision(conn, history.Decision(**fields))
+            history.record_decision(conn, history.Decision(**row))
 
     return record
 

@@ -8,7 +8,6 @@ Every library test runs on both drivers: psycopg2, and psycopg 3, which is what
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 from include.retrain import history
 from include.retrain.errors import DataValidationError, StoreError
 from include.retrain_airflow import history as airflow_history
-from tests.helpers import free_port
+from tests.helpers import ensure_database, free_port
 
 PG_DB = "retrain_history_test"
 DSN = f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
@@ -34,13 +33,7 @@ DRIVERS = {"psycopg2": psycopg2.connect, "psycopg3": psycopg.connect}
 @pytest.fixture(scope="module")
 def database() -> str:
     """The test database on the local server: created when missing, kept between sessions."""
-    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tAqc"]
-    exists = subprocess.run(
-        [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"], check=True, text=True, capture_output=True
-    )
-    if exists.stdout.strip() != "1":
-        subprocess.run([*psql, f"CREATE DATABASE {PG_DB}"], check=True)
-    return DSN
+    return ensure_database(PG_DB)
 
 
 @pytest.fixture
@@ -207,6 +200,13 @@ def decision(**changes: Any) -> history.Decision:
         "metrics": {"mae": 1.5, "mape": float("nan")},
     }
     return history.Decision(**(fields | changes))
+
+
+def test_a_window_end_given_as_an_iso_string_is_stored_as_a_timestamp(migrated: Any) -> None:
+    """The stages pass the run's window as the ISO string RunInfo carries."""
+    history.record_decision(migrated, decision(window_end="2026-11-16T06:00:00+00:00"))
+    (row,) = history.decisions(migrated)
+    assert row["window_end"] == datetime(2026, 11, 16, 6, tzinfo=UTC)
 
 
 def test_record_decision_stores_every_column(migrated: Any) -> None:

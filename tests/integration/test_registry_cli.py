@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from include.retrain.stages import Stage
 from include.retrain.store import FileStore, Layout
 from include.retrain_airflow import history as airflow_history
 from include.retrain_airflow.registry import load_champion, main
-from tests.helpers import free_port
+from tests.helpers import ensure_database, free_port
 
 PG_DB = "retrain_registry_cli_test"
 DSN = f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
@@ -79,13 +78,7 @@ def weekly_csv(path: Path, rows: int) -> Path:
 @pytest.fixture(scope="module")
 def database() -> str:
     """The test database on the local server: created when missing, kept between sessions."""
-    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tAqc"]
-    exists = subprocess.run(
-        [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"], check=True, text=True, capture_output=True
-    )
-    if exists.stdout.strip() != "1":
-        subprocess.run([*psql, f"CREATE DATABASE {PG_DB}"], check=True)
-    return DSN
+    return ensure_database(PG_DB)
 
 
 @pytest.fixture
