@@ -87,6 +87,11 @@ def settings(profile: Profile, overrides: dict[str, str]) -> dict[str, str]:
         "RETRAIN_PG_USER": "airflow",
         "RETRAIN_PARALLELISM": str(max(4, 2 * cores)),
         "RETRAIN_MODEL_STORE": f"file://{profile.state_dir / 'models'}",
+        # One BLAS/OpenMP thread per process: tasks run in parallel already, and the
+        # preloading forkserver must not start thread pools that its forks inherit.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
     return {k: overrides.get(k, v) for k, v in values.items()}
 

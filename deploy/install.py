@@ -30,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script with the system's python3
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deploy import envfile, postgres, render, services
+from deploy import envfile, postgres, preload, render, services
 from deploy.postgres import PostgresError
 from deploy.profile import BUNDLE, Profile, vm_profile
 from deploy.render import RenderError
@@ -302,6 +302,9 @@ def status() -> int:
     if env:
         for name, value in (services.health(env) or {"api-server": "unreachable"}).items():
             print(f"[status] {name:32} {value}")
+    _, lines = preload.report(profile.state_dir)
+    for line in lines:
+        print(f"[status] task preload: {line}")
     return 0
 
 

@@ -123,8 +123,12 @@ def stop(profile: Profile, name: str, grace: float = 30.0, sig: int = signal.SIG
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.2)
-    if _alive(pid):
+    # Then SIGKILL whatever is left of the group, as systemd does to a unit's remaining
+    # processes once its main process is gone: a LocalExecutor worker that was busy when the
+    # stop began can outlive the scheduler, blocked on a queue nobody writes to any more.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    if _alive(pid):
         time.sleep(0.5)
     pid_file(profile, name).unlink(missing_ok=True)
     return True

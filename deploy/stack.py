@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 if __package__ in (None, ""):  # run as a script: make the bundle importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deploy import envfile, postgres, render, services
+from deploy import envfile, postgres, preload, render, services
 from deploy.postgres import PostgresError, port_open
 from deploy.profile import BUNDLE, Profile, local_profile
 from deploy.render import RenderError
@@ -154,6 +154,9 @@ def status() -> int:
         say(f"{name:14} {'running, pid ' + str(pid) if pid else 'not running'}")
     for name, value in (services.health(env) or {"api-server": "unreachable"}).items():
         say(f"{name:14} {value}")
+    _, lines = preload.report(profile.state_dir, services.running(profile, "scheduler"))
+    for line in lines:
+        say(f"task preload: {line}")
     return 0
 
 

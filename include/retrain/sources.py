@@ -72,24 +72,24 @@ def naive_utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
 
 
 def _co2() -> pd.DataFrame:
-    import statsmodels.api as sm
+    from statsmodels import datasets
 
-    return sm.datasets.co2.load_pandas().data
+    return datasets.co2.load_pandas().data
 
 
 def _macrodata() -> pd.DataFrame:
-    import statsmodels.api as sm
+    from statsmodels import datasets
 
-    data = sm.datasets.macrodata.load_pandas().data
+    data = datasets.macrodata.load_pandas().data
     quarters = pd.PeriodIndex.from_fields(year=data["year"].astype(int), quarter=data["quarter"].astype(int), freq="Q")
     return data.drop(columns=["year", "quarter"]).set_index(quarters.to_timestamp(how="start"))
 
 
 def _yearly(loader: str, year_column: str) -> Callable[[], pd.DataFrame]:
     def load() -> pd.DataFrame:
-        import statsmodels.api as sm
+        from statsmodels import datasets
 
-        data = getattr(sm.datasets, loader).load_pandas().data
+        data = getattr(datasets, loader).load_pandas().data
         years = pd.to_datetime(data[year_column].astype(int).astype(str), format="%Y")
         return data.drop(columns=[year_column]).set_index(years)
 

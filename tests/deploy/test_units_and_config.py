@@ -60,7 +60,8 @@ def test_every_service_is_supervised_sandboxed_and_unprivileged(profile: Profile
     assert "postgresql.service" in section["After"] and "airflow-migrate.service" in section["After"]
     assert section["StartLimitIntervalSec"] == "0", "keep retrying until the cause is fixed"
     assert service["ExecStart"] == f"{profile.venv}/bin/airflow {name}"
-    assert service["ExecStartPre"].endswith("airflow db check-migrations -t 60")
+    pre, _ = render.unit_commands(profile.unit_dir / f"airflow-{name}.service")
+    assert pre[0] == f"{profile.venv}/bin/airflow db check-migrations -t 60"
     assert service["EnvironmentFile"] == str(profile.env_file)
     assert service["User"] == profile.service_user and service["Restart"] == "always"
     assert service["SyslogIdentifier"] == f"airflow-{name}"
@@ -74,6 +75,15 @@ def test_scheduler_stop_lets_tasks_finish(profile: Profile) -> None:
     service = unit(profile, "airflow-scheduler.service")["Service"]
     assert service["KillMode"] == "mixed"
     assert service["TimeoutStopSec"] == "35min"
+
+
+def test_only_the_scheduler_checks_its_preload_before_starting(profile: Profile) -> None:
+    """A preload module that does not import fails the scheduler's start instead of slowing every task."""
+    render.render_units(profile)
+    check = f"{profile.venv}/bin/python -m deploy.preload check"
+    for name in SERVICES:
+        pre, _ = render.unit_commands(profile.unit_dir / f"airflow-{name}.service")
+        assert (check in pre) == (name == "scheduler"), f"airflow-{name}.service: {pre}"
 
 
 def test_target_groups_every_process_and_the_watchdog(profile: Profile) -> None:

@@ -3,7 +3,8 @@ dag-processor, started by deploy/stack.py exactly as ``make run`` starts them.
 
 It gets its own state directory, metadata database (recreated) and free ports, so it
 never touches a developer's ``make run`` stack. Its DAGs folder holds the bundle's DAG
-files plus one test pipeline, ``flaky``, that reads a CSV file the tests rewrite.
+files, the test pipelines (``flaky`` reads a CSV file the tests rewrite) and the
+test-only DAGs of tests/e2e/dags/.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     dags, pipelines = state / "dags", state / "pipelines"
     shutil.copytree(BUNDLE / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(BUNDLE / "include" / "pipelines", pipelines)
+    for probe in (BUNDLE / "tests" / "e2e" / "dags").glob("*.py"):  # test-only DAGs
+        shutil.copy(probe, dags / probe.name)
     for name, fields in TEST_PIPELINES.items():
         (dags / f"retrain_{name}.py").write_text(
             '"""Test pipeline."""\nfrom include.retrain_airflow.factory import build_retrain_dag\n\n'
