@@ -72,7 +72,9 @@ class S3Store:
             return action()
 
     def read(self, key: str) -> bytes:
-        return self._call(key, lambda: self.hook.get_key(key, self.bucket).get()["Body"].read())
+        # The hook's client, not get_key(): that builds a boto3 resource as well, a second
+        # session and service model per task for one GET.
+        return self._call(key, lambda: self.hook.get_conn().get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def write(self, key: str, data: bytes) -> None:
         self._call(key, lambda: self.hook.load_bytes(data, key, self.bucket, replace=True))
