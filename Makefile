@@ -74,11 +74,21 @@ config: $(INSTALLED)
 test: $(INSTALLED)
 	@$(PY) -m pytest
 
+## The quick loop: every test but the live-stack ones (marker e2e)
+.PHONY: test-fast
+test-fast: $(INSTALLED)
+	@$(PY) -m pytest -q -m "not e2e"
+
 ## Lint with ruff, including the Airflow 3 migration rules (AIR3)
 .PHONY: lint
 lint: $(INSTALLED)
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+
+## Measure Airflow's overhead, artifact sizes and memory; writes bench/results.json (ARGS="--only runs")
+.PHONY: bench
+bench: $(INSTALLED)
+	@$(PY) benchmarks/bench.py $(ARGS)
 
 ## Regenerate constraints.txt from the current virtualenv (then run make test)
 .PHONY: constraints
