@@ -1,7 +1,7 @@
 """
 ### Preload probe (test DAG)
 One task that reports what its process inherited from the LocalExecutor worker it was
-forked from, then imports a bundle module that tests/e2e/test_preload.py rewrites
+forked from, then imports a bundle module that tests/e2e/test_preloaded_tasks.py rewrites
 between runs.
 """
 

@@ -24,7 +24,7 @@ def _write_probe(value: str) -> None:
     """Rewrite the module so that no stale bytecode can stand in for it."""
     for cached in (PROBE.parent / "__pycache__").glob(f"{PROBE.stem}.*.pyc"):
         cached.unlink()
-    PROBE.write_text(f'"""Written by tests/e2e/test_preload.py."""\n\nVALUE = {value!r}\n')
+    PROBE.write_text(f'"""Written by tests/e2e/test_preloaded_tasks.py."""\n\nVALUE = {value!r}\n')
     later = time.time() + 2
     os.utime(PROBE, (later, later))
 
