@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,9 @@ def measure(kind: str, points: int) -> dict:
     data = registry.dumps(fitted)
     row = {"kind": kind, "points": points, "bytes": len(data)}
     if kind != "sklearn":
-        full = _full_fit(kind, model, y)
+        with warnings.catch_warnings():  # statsmodels' start-parameter notes; models.fit records its own
+            warnings.simplefilter("ignore")
+            full = _full_fit(kind, model, y)
         slim_forecast = np.asarray(fitted.forecast(HORIZON))
         full_forecast = np.asarray(full.forecast(HORIZON))
         row["full_bytes"] = len(registry.dumps(full))
