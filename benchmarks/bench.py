@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from benchmarks.parse_time import parse_times  # noqa: E402
 from deploy import preload, services  # noqa: E402
 from deploy.envfile import read_env_file  # noqa: E402
 from deploy.profile import local_profile  # noqa: E402
+from deploy.stack import isolated_env  # noqa: E402
 
 SECTIONS = ("parse", "artifacts", "runs", "memory")
 STAGES = ("extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote")
@@ -64,12 +64,6 @@ class BenchError(RuntimeError):
 
 def say(message: str) -> None:
     print(f"[bench] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -131,20 +125,8 @@ def bench_stack(config: str, series_counts: list[int]) -> Iterator[Stack]:
     for name, count in names.items():
         dags = None if name.startswith("bare_") else state / "dags"
         synthetic.write_pipeline(name, count, csv, state / "pipelines", dags)
-    settings = {
-        "RETRAIN_STACK_DIR": str(state),
-        "RETRAIN_API_PORT": str(free_port()),
-        "RETRAIN_LOG_SERVER_PORT": str(free_port()),
-        "RETRAIN_SCHEDULER_HEALTH_PORT": str(free_port()),
-        "RETRAIN_TRIGGERER_LOG_PORT": str(free_port()),
-        "RETRAIN_S3_PORT": str(free_port()),
-        "RETRAIN_PG_DB": "airflow_retrain_bench",
-        "RETRAIN_BUCKET": "retrain-bench",
-        "RETRAIN_DAGS_DIR": str(state / "dags"),
-        "RETRAIN_PIPELINES_DIR": str(state / "pipelines"),
-    }
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN_"))}
-    env = {**base, **settings, **CONFIGS[config]}
+    env = isolated_env(state, "airflow_retrain_bench", "retrain-bench", state / "dags", state / "pipelines")
+    env.update(CONFIGS[config])
     command = [sys.executable, str(BUNDLE / "deploy" / "stack.py")]
     say(f"starting a stack of its own in {state} ({config} config)")
     try:

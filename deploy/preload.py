@@ -90,8 +90,9 @@ def check(method: str | None, modules: list[str]) -> list[str]:
     return problems
 
 
-def record_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path | None:
-    state = env.get("RETRAIN_STATE_DIR")
+def record_path() -> Path | None:
+    """Where the forkserver records what it loaded: the state directory's run/."""
+    state = os.environ.get("RETRAIN_STATE_DIR")
     return Path(state) / "run" / "preload.json" if state else None
 
 

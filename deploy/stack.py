@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the bundle importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +34,31 @@ from deploy.render import RenderError
 from deploy.services import ServiceError
 
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_env(state: Path, database: str, bucket: str, dags: Path, pipelines: Path) -> dict[str, str]:
+    """The environment of a stack that shares nothing with ``make run``'s (tests, benchmark).
+
+    Its own state directory, metadata database, bucket, DAGs and free ports; the caller's
+    AIRFLOW_* and RETRAIN_* variables are left out so they cannot leak into it.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN_"))}
+    ports = ("API", "LOG_SERVER", "SCHEDULER_HEALTH", "TRIGGERER_LOG", "S3")
+    return {
+        **base,
+        **{f"RETRAIN_{name}_PORT": str(free_port()) for name in ports},
+        "RETRAIN_STACK_DIR": str(state),
+        "RETRAIN_PG_DB": database,
+        "RETRAIN_BUCKET": bucket,
+        "RETRAIN_DAGS_DIR": str(dags),
+        "RETRAIN_PIPELINES_DIR": str(pipelines),
+    }
 
 
 def say(message: str) -> None:

@@ -7,13 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from deploy.stack import free_port
+
+__all__ = ["BUNDLE", "ensure_database", "free_port", "wait_for_port"]
+
 BUNDLE = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, seconds: float = 30) -> None:

@@ -9,7 +9,6 @@ test-only DAGs of tests/e2e/dags/.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,9 @@ import pytest
 
 from deploy.envfile import read_env_file
 from deploy.profile import Profile, local_profile
+from deploy.stack import isolated_env
 from include.retrain_airflow.cli import Api, api_from_env
-from tests.helpers import BUNDLE, free_port
+from tests.helpers import BUNDLE
 
 TEST_SPEC = """\
 name: {name}
@@ -122,19 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         csv = state / "data" / f"{name}.csv"
         write_flaky_csv(csv)
         (pipelines / f"{name}.yaml").write_text(TEST_SPEC.format(name=name, csv=csv, **fields))
-    settings = {
-        "RETRAIN_STACK_DIR": str(state),
-        "RETRAIN_API_PORT": str(free_port()),
-        "RETRAIN_LOG_SERVER_PORT": str(free_port()),
-        "RETRAIN_SCHEDULER_HEALTH_PORT": str(free_port()),
-        "RETRAIN_S3_PORT": str(free_port()),
-        "RETRAIN_PG_DB": "airflow_retrain_test",
-        "RETRAIN_BUCKET": "retrain-test-models",
-        "RETRAIN_DAGS_DIR": str(dags),
-        "RETRAIN_PIPELINES_DIR": str(pipelines),
-    }
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN_"))}
-    env = {**base_env, **settings}
+    env = isolated_env(state, "airflow_retrain_test", "retrain-test-models", dags, pipelines)
     command = [sys.executable, str(BUNDLE / "deploy" / "stack.py")]
     try:
         subprocess.run([*command, "up", "--reset-db"], env=env, check=True, timeout=600)
