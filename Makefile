@@ -62,22 +62,22 @@ models: $(INSTALLED)
 ## Inspect or change the model registry: make registry ARGS="list" (show, promote, rollback, verify)
 .PHONY: registry
 registry: $(INSTALLED)
-	@$(STACK) exec -- $(PY) -m include.retrain_airflow.registry $(ARGS)
+	@$(STACK) exec -- $(PY) -m include.retrain_airflow.registry_cli $(ARGS)
 
 ## Render airflow.cfg from airflow.cfg.template (creates the env file on first use)
 .PHONY: config
 config: $(INSTALLED)
 	@$(STACK) config
 
-## Run the whole test suite (starts its own PostgreSQL database, S3 endpoint and Airflow)
+## Run every test in random order (replay the last: ARGS=--randomly-seed=last); starts PostgreSQL, S3, Airflow
 .PHONY: test
 test: $(INSTALLED)
-	@$(PY) -m pytest
+	@$(PY) -m pytest $(ARGS)
 
-## The quick loop: every test but the live-stack ones (marker e2e)
+## The quick loop (under 2 minutes): all but the live-stack (marker e2e) and make deploy (marker deploy) tests
 .PHONY: test-fast
 test-fast: $(INSTALLED)
-	@$(PY) -m pytest -q -m "not e2e"
+	@$(PY) -m pytest -q -m "not e2e and not deploy" $(ARGS)
 
 ## Lint with ruff, including the Airflow 3 migration rules (AIR3)
 .PHONY: lint

@@ -18,15 +18,13 @@ import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-CHAIN = ("extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote")
-
 
 def main(name: str) -> dict:
     from include.retrain.errors import NoNewData, NotPromoted
-    from include.retrain.registry import RunInfo
     from include.retrain.settings import Settings
     from include.retrain.spec import load_spec
-    from include.retrain.stages import Stage
+    from include.retrain.stages.chain import CHAIN
+    from include.retrain.stages.context import RunInfo, StageContext
     from include.retrain_airflow import clients, runtime
     from include.retrain_airflow.store import open_store
 
@@ -41,7 +39,7 @@ def main(name: str) -> dict:
         dag_id=f"bare_{name}",
         run_id=f"bare_{name}",
     )
-    stage = Stage(
+    ctx = StageContext(
         spec,
         store,
         root,
@@ -50,19 +48,19 @@ def main(name: str) -> dict:
         runtime.history_writer(settings.history_conn_id),
         signing_key=settings.signing_key,
     )
-    stages: dict[str, float] = dict.fromkeys(CHAIN, 0.0)
+    stages: dict[str, float] = {stage.__name__: 0.0 for stage in CHAIN}
     per_series = []
     for series in spec.series:
         ref: object = series.name
         began = time.perf_counter()
-        for method in CHAIN:
+        for stage in CHAIN:
             t0 = time.perf_counter()
             try:
-                ref = runtime.call_stage(stage, method, ref, {}, "gate")
+                ref = stage(ctx, ref)
             except (NoNewData, NotPromoted):
                 break
             finally:
-                stages[method] += time.perf_counter() - t0
+                stages[stage.__name__] += time.perf_counter() - t0
         per_series.append(time.perf_counter() - began)
     return {
         "pipeline": name,

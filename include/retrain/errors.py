@@ -8,6 +8,10 @@ transient ones (an S3 endpoint that is down), so the Airflow side can fail fast.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 
 class RetrainError(Exception):
     """Base class: a message built from pipeline, series, rule and fix."""
@@ -95,5 +99,29 @@ class ConflictError(StoreError):
     permanent = True
 
 
+class CorruptPointer(StoreError):
+    """A pointer (``champion.json``) that is not the JSON object it must be: never trusted.
+
+    It carries the pointer's key and the entity tag of the corrupted object, so a repair can
+    overwrite exactly that object and nothing another writer put there since.
+    """
+
+    permanent = True
+
+    def __init__(self, problem: str, *, fix: str, key: str, etag: str | None, **where: Any) -> None:
+        self.key = key
+        self.etag = etag
+        super().__init__(problem, fix=fix, **where)
+
+
 class NotPromoted(RetrainError):
     """The gate kept the champion: the promote step has nothing to do (the task skips)."""
+
+
+@contextmanager
+def about(pipeline: str, series: str | None = None) -> Iterator[None]:
+    """Every ``RetrainError`` leaving the block names the pipeline (and the series)."""
+    try:
+        yield
+    except RetrainError as exc:
+        raise exc.within(pipeline, series) from exc.__cause__

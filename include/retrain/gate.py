@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from include.retrain.formatting import number
 from include.retrain.spec import PipelineSpec
 
 Mode = Literal["gate", "force", "dry_run"]
@@ -27,10 +28,6 @@ def primary(scores: dict[str, Any], spec: PipelineSpec, use_backtest: bool) -> f
 
 def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
     return {"check": name, "passed": passed, "detail": detail}
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
 
 
 def decide(
@@ -53,25 +50,18 @@ def decide(
     candidate = primary(_block(metrics, "model"), spec, backtest)
     baseline = primary(_block(metrics, "baseline"), spec, backtest)
     checks = [
-        _check("evidence", candidate is not None, f"candidate {metric} on {basis}: {_fmt(candidate)}"),
+        _check("evidence", candidate is not None, f"candidate {metric} on {basis}: {number(candidate)}"),
     ]
     if spec.promotion.beat_baseline:
         beats = candidate is not None and baseline is not None and candidate < baseline
         verb = "beats" if beats else "does not beat"
-        detail = f"{metric} {_fmt(candidate)} {verb} the {metrics['baseline_kind']} baseline's {_fmt(baseline)}"
+        detail = f"{metric} {number(candidate)} {verb} the {metrics['baseline_kind']} baseline's {number(baseline)}"
         checks.append(_check("beats baseline", beats, detail))
     champion_value = _champion_checks(spec, checks, candidate, champion, backtest, window_end)
     checks.append(_drift_check(spec, drift))
     failed = [c for c in checks if not c["passed"]]
-    verdict = "promoted" if not failed else "rejected"
     reason = failed[0]["detail"] if failed else _why_promoted(spec, candidate, champion, champion_value, baseline)
-    status, promote = verdict, not failed
-    if mode == "force":
-        status, promote = "forced", True
-        reason = f"forced by the trigger's promotion param; the gate alone would have {verdict} it: {reason}"
-    elif mode == "dry_run":
-        status, promote = "dry_run", False
-        reason = f"dry run, nothing published; the gate would have {verdict} it: {reason}"
+    status, promote, reason = _verdict(mode, not failed, reason)
     return {
         "status": status,
         "promote": promote,
@@ -88,6 +78,17 @@ def decide(
         "checks": checks,
         "drift": drift,
     }
+
+
+def _verdict(mode: Mode, passed: bool, reason: str) -> tuple[str, bool, str]:
+    """(status, promote, reason): what the checks say, overridden by a forced or dry run."""
+    verdict = "promoted" if passed else "rejected"
+    if mode == "force":
+        why = f"forced by the trigger's promotion param; the gate alone would have {verdict} it: {reason}"
+        return "forced", True, why
+    if mode == "dry_run":
+        return "dry_run", False, f"dry run, nothing published; the gate would have {verdict} it: {reason}"
+    return verdict, passed, reason
 
 
 def _block(metrics: dict[str, Any], who: str) -> dict[str, Any]:
@@ -134,8 +135,8 @@ def _champion_checks(
     threshold = None if value is None else value * (1 - margin)
     passed = candidate is not None and threshold is not None and candidate <= threshold
     detail = (
-        f"{spec.evaluation.primary_metric} {_fmt(candidate)} vs champion {version} {_fmt(value)}"
-        f" (needs <= {_fmt(threshold)}, margin {margin:.1%})"
+        f"{spec.evaluation.primary_metric} {number(candidate)} vs champion {version} {number(value)}"
+        f" (needs <= {number(threshold)}, margin {margin:.1%})"
     )
     checks.append(_check("beats champion", passed, detail))
     return value
@@ -163,8 +164,8 @@ def _why_promoted(
 ) -> str:
     metric = spec.evaluation.primary_metric
     if champion is None:
-        return f"first model: {metric} {_fmt(candidate)} beats the baseline's {_fmt(baseline)}"
+        return f"first model: {metric} {number(candidate)} beats the baseline's {number(baseline)}"
     return (
-        f"{metric} {_fmt(candidate)} vs champion {champion['version']} {_fmt(champion_value)} "
-        f"(margin {spec.promotion.margin:.1%}) and baseline {_fmt(baseline)}"
+        f"{metric} {number(candidate)} vs champion {champion['version']} {number(champion_value)} "
+        f"(margin {spec.promotion.margin:.1%}) and baseline {number(baseline)}"
     )

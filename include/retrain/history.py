@@ -14,17 +14,15 @@ to touch a database that a newer bundle has already migrated further.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from functools import cache
+from datetime import datetime
 from typing import Any
 
+from include.retrain.database import CHECK_VIOLATION, driver_errors, select, sqlstate, transaction
 from include.retrain.errors import DataValidationError, StoreError
+from include.retrain.timestamps import as_utc
 
 SCHEMA_TABLE = "retrain_schema_migrations"
 DECISIONS_TABLE = "retrain_decisions"
@@ -32,14 +30,6 @@ FORECASTS_TABLE = "retrain_forecasts"
 DECISION_KINDS = ("promoted", "rejected", "dry_run", "forced", "rolled_back")
 # pg_advisory_xact_lock key shared by every process migrating this schema: b"retrainH" as a bigint.
 MIGRATION_LOCK_KEY = int.from_bytes(b"retrainH", "big")
-
-# SQLSTATE codes that deserve their own fix.
-UNDEFINED_TABLE = "42P01"
-CHECK_VIOLATION = "23514"
-REACHABLE_FIX = (
-    "check that PostgreSQL is up and the connection points at it (host, port, database, login); "
-    "Airflow retries the task"
-)
 
 
 @dataclass(frozen=True)
@@ -102,81 +92,6 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-# -- transactions and errors ---------------------------------------------------------------
-
-
-@cache
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    """The base ``Error`` of each PostgreSQL driver installed: psycopg2 and/or psycopg 3."""
-    found = []
-    for name in ("psycopg2", "psycopg"):
-        try:
-            found.append(importlib.import_module(name).Error)
-        except ImportError:
-            continue
-    return tuple(found)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A lost or refused connection, a timeout, a deadlock: a retry may cure it."""
-    return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
-
-
-def as_store_error(exc: BaseException, *, doing: str, rule: str, fix: str) -> StoreError:
-    """A driver error as a ``StoreError``: transient when a retry may cure it, else permanent."""
-    text = str(exc).strip()
-    first_line = text.splitlines()[0] if text else type(exc).__name__
-    if is_transient(exc):
-        return StoreError(
-            f"{doing} failed: PostgreSQL did not answer ({first_line})",
-            fix=REACHABLE_FIX,
-            rule="history database reachable",
-            permanent=False,
-        )
-    if (getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)) == UNDEFINED_TABLE:
-        return StoreError(
-            f"{doing} failed: {first_line}",
-            fix="run include.retrain.history.migrate(conn) first (include.retrain_airflow.history.opened does it)",
-            rule="history schema migrated",
-            permanent=True,
-        )
-    return StoreError(f"{doing} failed: {first_line}", fix=fix, rule=rule, permanent=True)
-
-
-@contextmanager
-def _transaction(conn: Any, *, doing: str, rule: str, fix: str) -> Iterator[Any]:
-    """One transaction in UTC: commit on success, roll back and raise a ``StoreError`` on error."""
-    autocommit = False
-    try:
-        autocommit = bool(getattr(conn, "autocommit", False))
-        if autocommit:  # our transaction must span every statement (and hold the advisory lock)
-            conn.autocommit = False
-        with conn.cursor() as cur:
-            cur.execute("SET LOCAL TIME ZONE 'UTC'")  # timestamps come back in UTC, naive ones go in as UTC
-            yield cur
-        conn.commit()
-    except _driver_errors() as exc:
-        _rollback(conn)
-        raise as_store_error(exc, doing=doing, rule=rule, fix=fix) from exc
-    except BaseException:
-        _rollback(conn)
-        raise
-    finally:
-        if autocommit:
-            with suppress(Exception):  # a dead connection: the error above already says so
-                conn.autocommit = True
-
-
-def _rollback(conn: Any) -> None:
-    with suppress(Exception):  # the connection is gone; the original error is the one to report
-        conn.rollback()
-
-
-def _rows(cur: Any) -> list[dict[str, Any]]:
-    names = [column[0] for column in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
 # -- migrations ------------------------------------------------------------------------------
 
 
@@ -187,7 +102,7 @@ def migrate(conn: Any) -> list[int]:
     A database migrated by a newer bundle is left untouched: this code would not know its tables.
     """
     known = max(m.version for m in MIGRATIONS)
-    with _transaction(
+    with transaction(
         conn,
         doing=f"migrating the history schema ({SCHEMA_TABLE})",
         rule="history schema migration",
@@ -257,19 +172,6 @@ _JSON_COLUMNS = ("drift", "metrics")
 _FLOAT_COLUMNS = ("candidate_value", "champion_value", "baseline_value")
 
 
-def _utc(value: datetime | str | None) -> datetime | None:
-    """A plain ``datetime`` (not a pandas subclass) with a zone; naive means UTC.
-
-    ISO strings are accepted too: run windows travel as strings (through XCom and manifests).
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    plain = datetime.combine(value.date(), value.timetz())
-    return plain if plain.tzinfo else plain.replace(tzinfo=UTC)
-
-
 def _finite_or_null(value: Any) -> Any:
     """JSON has no NaN or infinity: such a metric is stored as null."""
     if isinstance(value, dict):
@@ -295,7 +197,7 @@ def _decision_row(decision: Decision) -> dict[str, Any]:
         row[name] = _json(row[name])
     for name in _FLOAT_COLUMNS:
         row[name] = None if row[name] is None else float(row[name])
-    row["window_end"] = _utc(row["window_end"])
+    row["window_end"] = None if row["window_end"] is None else as_utc(row["window_end"])
     return row
 
 
@@ -305,7 +207,7 @@ def record_decision(conn: Any, decision: Decision) -> None:
     columns = list(row)
     values = ", ".join(f"%({name})s::jsonb" if name in _JSON_COLUMNS else f"%({name})s" for name in columns)
     updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in columns if name != "event_key")
-    with _transaction(
+    with transaction(
         conn,
         doing=f"recording decision {decision.decision!r} for {decision.pipeline}/{decision.series} "
         f"version {decision.version} in {DECISIONS_TABLE}",
@@ -318,8 +220,8 @@ def record_decision(conn: Any, decision: Decision) -> None:
                 f"ON CONFLICT (event_key) DO UPDATE SET {updates}, recorded_at = now()",
                 row,
             )
-        except _driver_errors() as exc:
-            if (getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)) == CHECK_VIOLATION:
+        except driver_errors() as exc:
+            if sqlstate(exc) == CHECK_VIOLATION:
                 raise StoreError(
                     f"{DECISIONS_TABLE} refused decision {decision.decision!r} for "
                     f"{decision.pipeline}/{decision.series} version {decision.version}",
@@ -344,17 +246,8 @@ def decisions(
         where.append("series = %s")
         params.append(series)
     clause = f"WHERE {' AND '.join(where)} " if where else ""
-    with _transaction(
-        conn,
-        doing=f"reading {DECISIONS_TABLE}",
-        rule="decision history is readable",
-        fix="pass a limit of 0 or more",
-    ) as cur:
-        cur.execute(
-            f"SELECT * FROM {DECISIONS_TABLE} {clause}ORDER BY recorded_at DESC, id DESC LIMIT %s",
-            [*params, int(limit)],
-        )
-        return _rows(cur)
+    query = f"SELECT * FROM {DECISIONS_TABLE} {clause}ORDER BY recorded_at DESC, id DESC LIMIT %s"
+    return select(conn, DECISIONS_TABLE, query, [*params, int(limit)], fix="pass a limit of 0 or more")
 
 
 # -- forecasts -------------------------------------------------------------------------------
@@ -375,6 +268,7 @@ def write_forecasts(
     written when a value is not a finite number: a NaN forecast is a broken model, not data.
     """
     rows = []
+    start = None if origin is None else as_utc(origin)
     for step, (target, value) in enumerate(points, start=1):
         number = float(value)
         if not math.isfinite(number):
@@ -386,8 +280,9 @@ def write_forecasts(
                 series=series,
                 rule="finite forecasts",
             )
-        rows.append((pipeline, series, model_version, run_id, _utc(origin), _utc(target), step, number))
-    with _transaction(
+        when = None if target is None else as_utc(target)  # None: the NOT NULL column refuses it below
+        rows.append((pipeline, series, model_version, run_id, start, when, step, number))
+    with transaction(
         conn,
         doing=f"writing the forecast of {pipeline}/{series} run {run_id!r} to {FORECASTS_TABLE}",
         rule="forecast is written",
@@ -412,14 +307,5 @@ def forecasts(conn: Any, pipeline: str, series: str, run_id: str | None = None) 
     clause, params = "", [pipeline, series]
     if run_id is not None:
         clause, params = " AND run_id = %s", [*params, run_id]
-    with _transaction(
-        conn,
-        doing=f"reading {FORECASTS_TABLE}",
-        rule="forecasts are readable",
-        fix="read the SQL error; the query takes no user SQL",
-    ) as cur:
-        cur.execute(
-            f"SELECT * FROM {FORECASTS_TABLE} WHERE pipeline = %s AND series = %s{clause} ORDER BY run_id, step",
-            params,
-        )
-        return _rows(cur)
+    query = f"SELECT * FROM {FORECASTS_TABLE} WHERE pipeline = %s AND series = %s{clause} ORDER BY run_id, step"
+    return select(conn, FORECASTS_TABLE, query, params, fix="read the SQL error; the query takes no user SQL")

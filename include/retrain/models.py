@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -122,36 +124,34 @@ def build_sklearn(spec: SklearnModel) -> Any:
 
 def fit(spec: Model, y: pd.Series, frequency: str) -> tuple[Any, list[str]]:
     """Fit on ``y`` only; return the fitted object and the warnings raised while fitting."""
-    with warnings.catch_warnings(record=True) as caught:
+    fix = "check model settings in the spec (order, seasonal_order, params) against the data"
+    with warnings.catch_warnings(record=True) as caught, _as_model_error(f"fitting {spec.kind}", "model fits", fix):
         warnings.simplefilter("always")
-        try:
-            if isinstance(spec, SklearnModel):
-                table = features.build_table(y, spec)
-                fitted = build_sklearn(spec).fit(table[features.feature_columns(spec)], table["y"])
-            else:
-                fitted = _fit_statsmodels(spec, _with_freq(y, frequency))
-        except ModelError:
-            raise
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            raise ModelError(
-                f"fitting {spec.kind} failed: {exc}",
-                rule="model fits",
-                fix="check model settings in the spec (order, seasonal_order, params) against the data",
-            ) from None
+        if isinstance(spec, SklearnModel):
+            table = features.build_table(y, spec)
+            fitted = build_sklearn(spec).fit(table[features.feature_columns(spec)], table["y"])
+        else:
+            fitted = _fit_statsmodels(spec, _with_freq(y, frequency))
     notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     return fitted, notes
 
 
 def forecast(fitted: Any, spec: Model, history: pd.Series, steps: int, frequency: str) -> pd.Series:
     """Forecast ``steps`` periods after the end of ``history``."""
-    try:
+    fix = "check the model settings in the spec against the data"
+    with _as_model_error(f"forecasting {steps} steps with {spec.kind}", "model forecasts", fix):
         return _forecast(fitted, spec, history, steps, frequency)
+
+
+@contextmanager
+def _as_model_error(doing: str, rule: str, fix: str) -> Iterator[None]:
+    """What the numeric libraries raise on settings that do not suit the data, as a ``ModelError``."""
+    try:
+        yield
+    except ModelError:
+        raise
     except (ValueError, TypeError, ArithmeticError) as exc:
-        raise ModelError(
-            f"forecasting {steps} steps with {spec.kind} failed: {exc}",
-            rule="model forecasts",
-            fix="check the model settings in the spec against the data",
-        ) from None
+        raise ModelError(f"{doing} failed: {exc}", rule=rule, fix=fix) from None
 
 
 def model_spec(manifest: dict[str, Any]) -> Model:

@@ -30,7 +30,7 @@ class Settings:
             model_store=env.get("RETRAIN_MODEL_STORE", "s3://retrain-models"),
             aws_conn_id=env.get("RETRAIN_AWS_CONN_ID", "aws_default"),
             pipelines_dir=Path(env.get("RETRAIN_PIPELINES_DIR", BUNDLE_ROOT / "include" / "pipelines")),
-            history_conn_id=env.get("RETRAIN_HISTORY_CONN_ID", "retrain_db"),
+            history_conn_id=env.get("RETRAIN_HISTORY_CONN_ID") or "retrain_db",
             signing_key=env["RETRAIN_SIGNING_KEY"].encode() if env.get("RETRAIN_SIGNING_KEY") else None,
         )
 

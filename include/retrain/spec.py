@@ -331,14 +331,14 @@ def load_spec(path: Path) -> PipelineSpec:
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"{path}: cannot read YAML ({exc})", fix="fix the file's syntax") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level", fix="see the README")
+        raise SpecError(f"{path}: expected a mapping at the top level", fix="see docs/pipelines.md for the spec format")
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors())
         raise SpecError(
             f"{path}: {problems}",
-            fix="correct the field(s) named above; the README lists every spec field",
+            fix="correct the field(s) named above; docs/pipelines.md lists every spec field",
             pipeline=str(raw.get("name") or path.stem),
         ) from None
     if spec.name != path.stem:

@@ -20,6 +20,7 @@ from typing import Any
 
 import requests
 
+from include.retrain.formatting import number
 from include.retrain.registry import overview
 from include.retrain.settings import Settings, parse_store_uri
 from include.retrain.spec import PipelineSpec, load_spec, spec_names, valid_specs
@@ -138,7 +139,7 @@ def models_table(settings: Settings) -> str:
     for row in rows:
         lines.append(
             f"{row['pipeline']:<12} {row['series']:<9} {row['champion'] or '(none)':<26} "
-            f"{row['primary_metric'] or '':<6} {_num(row['champion_value']):>9} {_num(row['baseline_value']):>9}  "
+            f"{row['primary_metric'] or '':<6} {number(row['champion_value']):>9} {number(row['baseline_value']):>9}  "
             f"{row['newest']}: {row['newest_decision']}"
         )
     return "\n".join(lines) + "\n\nEvery version and the reasons: make registry ARGS=list"
@@ -146,10 +147,6 @@ def models_table(settings: Settings) -> str:
 
 def _prefixes(settings: Settings) -> set[str]:
     return {"models", *(spec.store_prefix for spec in valid_specs(settings.pipelines_dir))}
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
 
 
 def run_all(timeout: float) -> int:
@@ -161,7 +158,7 @@ def run_all(timeout: float) -> int:
     dag_ids = []
     for name, spec in specs.items():
         if conn_id := missing_connection(api, spec):
-            print(f"not running retrain_{name}: it needs Airflow connection {conn_id!r} (README: data sources)")
+            print(f"not running retrain_{name}: it needs Airflow connection {conn_id!r} (see docs/pipelines.md)")
         else:
             dag_ids.append(f"retrain_{name}")
     api.json("PATCH", "/dags/batch_predict", json={"is_paused": False})  # forecasts follow each promotion

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from include.retrain.database import is_transient
 from include.retrain.errors import SourceError
 from include.retrain.sources import Clients, Endpoint
 from include.retrain_airflow.store import S3Store
@@ -27,7 +28,7 @@ def _connection(conn_id: str, kind: str) -> Any:
     except (AirflowNotFoundException, AirflowRuntimeError):
         raise SourceError(
             f"Airflow connection {conn_id!r} is not defined",
-            fix=f"create it: {ADD.format(conn_id=conn_id, kind=kind)} (see the README's sources section)",
+            fix=f"create it: {ADD.format(conn_id=conn_id, kind=kind)} (see docs/pipelines.md, data sources)",
             rule="connection exists",
         ) from None
 
@@ -58,7 +59,7 @@ def sql(conn_id: str, query: str, params: dict) -> pd.DataFrame:
     except Exception as exc:
         root = _root(exc)
         first_line = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
-        if type(root).__name__ == "OperationalError":  # could not connect: worth a retry
+        if is_transient(root):  # could not connect, lost the connection: worth a retry
             raise SourceError(
                 f"PostgreSQL behind {conn_id!r} did not answer: {first_line}",
                 fix=f"check that the database is up and connection {conn_id!r} points at it",

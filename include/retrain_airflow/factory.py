@@ -9,17 +9,30 @@ pydantic only) and wires tasks; the work happens in ``runtime`` inside each task
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Any
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
 
 from include.retrain.settings import Settings
 from include.retrain.spec import PipelineSpec, load_spec
+from include.retrain.stages.refs import (
+    Evaluated,
+    Extracted,
+    Gated,
+    Preprocessed,
+    Promoted,
+    Published,
+    Split,
+    Trained,
+    Validated,
+)
 from include.retrain_airflow.assets import champion_asset
-from include.retrain_airflow.notify import on_failure, on_promotion
+from include.retrain_airflow.defaults import default_args
+from include.retrain_airflow.notify import on_promotion
 
-DEFAULT_RETRIES = 2
 TASK_TIMEOUT = timedelta(minutes=30)
 
 
@@ -41,18 +54,50 @@ def _doc(spec: PipelineSpec, path: str) -> str:
     )
 
 
-def _stage(spec: PipelineSpec, method: str, arg: Any) -> dict[str, Any]:
-    from include.retrain_airflow.runtime import run_stage  # heavy: pandas, models, boto3
+# Picks a stage function from the stage modules (``include.retrain.stages.chain``): tasks
+# import those only when they run, since they pull in pandas and the model libraries.
+Pick = Callable[[ModuleType], Callable[[Any, Any], Any]]
 
-    return run_stage(spec, method, arg, get_current_context())
+# The chain, one task per stage mapped per series: (task id, its stage, what it returns, what it does).
+STAGES: list[tuple[str, Pick, type, str]] = [
+    ("extract", lambda s: s.snapshots.extract, Extracted, "Snapshot the series' rows up to the run's window end."),
+    ("validate", lambda s: s.prepare.validate, Validated, "Schema, rows, timestamps, nulls, bounds, frequency, gaps."),
+    ("preprocess", lambda s: s.prepare.preprocess, Preprocessed, "Regular frequency, gaps filled, features built."),
+    ("split", lambda s: s.prepare.split, Split, "Time-ordered train/test split."),
+    ("train", lambda s: s.training.train, Trained, "Fit on train only; store the candidate pickle."),
+    ("evaluate", lambda s: s.training.evaluate, Evaluated, "Score the candidate and a naive baseline."),
+    ("gate", lambda s: s.gating.gate, Gated, "Score the champion on the same windows, compare drift, decide."),
+    ("publish", lambda s: s.publishing.publish, Published, "Keep the candidate as an immutable version; record it."),
+    ("promote", lambda s: s.publishing.promote, Promoted, "Move champion.json here (skipped when the gate said no)."),
+]
+
+
+def stage_task(spec: PipelineSpec, task_id: str, pick: Pick, returns: type, doc: str, **kwargs: Any) -> Any:
+    """A task mapped per series that runs one stage function, labelled with the series' name.
+
+    ``item`` is the series' name for ``extract`` and the upstream task's ref after it. The
+    task pushes one XCom (the whole ref), not one per key as its dict return type would
+    otherwise make Airflow infer (``multiple_outputs``).
+    """
+
+    def run_stage(item: Any) -> Any:
+        from include.retrain.stages import chain
+        from include.retrain_airflow.runtime import run
+
+        return run(spec, pick(chain), item, get_current_context())
+
+    run_stage.__name__ = run_stage.__qualname__ = task_id
+    run_stage.__doc__ = doc
+    run_stage.__annotations__ = {"item": Any, "return": returns}
+    return task(task_id=task_id, map_index_template="{{ series }}", multiple_outputs=False, **kwargs)(run_stage)
 
 
 def build_retrain_dag(name: str) -> DAG:
+    """The DAG of one spec: its schedule, params and policy, then the chain of ``STAGES``."""
     settings = Settings.from_env(os.environ)
     path = settings.pipelines_dir / f"{name}.yaml"
     spec = load_spec(path)
     start = datetime.combine(spec.start_date, datetime.min.time(), tzinfo=UTC)
-    label = "{{ series }}"
     asset = champion_asset(spec, settings)
 
     with DAG(
@@ -61,15 +106,7 @@ def build_retrain_dag(name: str) -> DAG:
         start_date=start,
         catchup=False,
         max_active_runs=1,  # one run at a time per pipeline; champion.json writes are conditional as well
-        default_args={
-            "owner": spec.owner,
-            "retries": DEFAULT_RETRIES,
-            "retry_delay": timedelta(seconds=30),
-            "retry_exponential_backoff": 2.0,
-            "max_retry_delay": timedelta(minutes=10),
-            "execution_timeout": TASK_TIMEOUT,
-            "on_failure_callback": on_failure(),
-        },
+        default_args=default_args(spec.owner, TASK_TIMEOUT),
         doc_md=_doc(spec, str(path)),
         params={
             "promotion": Param(
@@ -86,53 +123,9 @@ def build_retrain_dag(name: str) -> DAG:
         },
         tags=["ml", "retraining", *spec.tags],
     ) as dag:
-
-        @task(map_index_template=label)
-        def extract(series: str) -> dict[str, Any]:
-            """Snapshot the series' rows up to the end of the run's data interval."""
-            return _stage(spec, "extract", series)
-
-        @task(map_index_template=label)
-        def validate(ref: dict[str, Any]) -> dict[str, Any]:
-            """Schema, row count, timestamps, nulls, value bounds, frequency and gaps."""
-            return _stage(spec, "validate", ref)
-
-        @task(map_index_template=label)
-        def preprocess(ref: dict[str, Any]) -> dict[str, Any]:
-            """Regular frequency, gaps filled, model features built."""
-            return _stage(spec, "preprocess", ref)
-
-        @task(map_index_template=label)
-        def split(ref: dict[str, Any]) -> dict[str, Any]:
-            """Time-ordered train/test split."""
-            return _stage(spec, "split", ref)
-
-        @task(map_index_template=label)
-        def train(ref: dict[str, Any]) -> dict[str, Any]:
-            """Fit on train only; store the candidate pickle."""
-            return _stage(spec, "train", ref)
-
-        @task(map_index_template=label)
-        def evaluate(ref: dict[str, Any]) -> dict[str, Any]:
-            """Score the candidate and a naive baseline on the test window."""
-            return _stage(spec, "evaluate", ref)
-
-        @task(map_index_template=label)
-        def gate(ref: dict[str, Any]) -> dict[str, Any]:
-            """Score the champion on the same windows, compare drift, decide promotion."""
-            return _stage(spec, "gate", ref)
-
-        @task(map_index_template=label)
-        def publish(ref: dict[str, Any]) -> dict[str, Any]:
-            """Keep the candidate as an immutable version with its decision; record it in the history table."""
-            return _stage(spec, "publish", ref)
-
-        @task(map_index_template=label, outlets=[asset], on_success_callback=on_promotion())
-        def promote(ref: dict[str, Any]) -> dict[str, Any]:
-            """Move champion.json to this version (skipped when the gate kept the champion)."""
-            return _stage(spec, "promote", ref)
-
-        refs = extract.expand(series=[s.name for s in spec.series])
-        for step in (validate, preprocess, split, train, evaluate, gate, publish, promote):
-            refs = step.expand(ref=refs)
+        announce = {"outlets": [asset], "on_success_callback": on_promotion()}
+        refs: Any = [s.name for s in spec.series]
+        for task_id, pick, returns, doc in STAGES:
+            step = stage_task(spec, task_id, pick, returns, doc, **(announce if task_id == "promote" else {}))
+            refs = step.expand(item=refs)
     return dag

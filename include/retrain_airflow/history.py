@@ -7,23 +7,15 @@ connection fails at once; a database that does not answer is left to Airflow's r
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from include.retrain import history
+from include.retrain import database, history
 from include.retrain.errors import StoreError
-
-HISTORY_CONN_ID_DEFAULT = "retrain_db"
-HISTORY_CONN_ID_ENV = "RETRAIN_HISTORY_CONN_ID"
 
 # Connection ids whose database this process has already migrated: once is enough.
 _migrated: set[str] = set()
-
-
-def conn_id_from_env(env: Mapping[str, str]) -> str:
-    """The history connection id: ``RETRAIN_HISTORY_CONN_ID`` or ``retrain_db``."""
-    return env.get(HISTORY_CONN_ID_ENV) or HISTORY_CONN_ID_DEFAULT
 
 
 def connect(conn_id: str) -> Any:
@@ -36,18 +28,18 @@ def connect(conn_id: str) -> Any:
     except AirflowNotFoundException:
         raise StoreError(
             f"Airflow connection {conn_id!r} for the decision history is not defined",
-            fix=f"add Airflow connection {conn_id!r} (postgres) or set {HISTORY_CONN_ID_ENV}",
+            fix=f"add Airflow connection {conn_id!r} (postgres) or set RETRAIN_HISTORY_CONN_ID",
             rule="history connection",
             permanent=True,
         ) from None
     except Exception as exc:
-        if not history.is_transient(exc):
+        if not database.is_transient(exc):
             raise
-        raise history.as_store_error(
+        raise database.as_store_error(
             exc,
             doing=f"connecting to the history database of {conn_id!r}",
             rule="history database reachable",
-            fix=history.REACHABLE_FIX,
+            fix=database.REACHABLE_FIX,
         ) from exc
 
 

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from include.retrain import history, models, registry
-from include.retrain.errors import RetrainError
+from include.retrain.errors import about
 from include.retrain.settings import Settings
 from include.retrain.spec import load_spec, valid_specs
 from include.retrain.store import Layout
@@ -50,11 +50,9 @@ def predict_series(item: dict[str, str], run_id: str) -> dict[str, Any]:
     spec = load_spec(settings.pipelines_dir / f"{item['pipeline']}.yaml")
     store, root = open_store(settings)
     layout = Layout(root, spec.store_prefix, spec.name)
-    try:
+    with about(spec.name, item["series"]):
         model, manifest = registry.load_champion(store, layout, item["series"], settings.signing_key)
         predicted = models.forecast_published(model, manifest, spec.horizon)
-    except RetrainError as exc:
-        raise exc.within(spec.name, item["series"]) from exc.__cause__
     points = [(timestamp.to_pydatetime(), float(value)) for timestamp, value in predicted.items()]
     origin = predicted.index[0] - predicted.index.freq if predicted.index.freq else None
     with opened(settings.history_conn_id) as conn:

@@ -17,7 +17,7 @@ from airflow.sdk import DAG, get_current_context, task
 from include.retrain.settings import Settings
 from include.retrain.spec import spec_names
 from include.retrain_airflow.assets import any_champion
-from include.retrain_airflow.notify import on_failure
+from include.retrain_airflow.defaults import default_args
 
 
 def build_batch_predict_dag() -> DAG:
@@ -28,14 +28,7 @@ def build_batch_predict_dag() -> DAG:
         start_date=datetime(2024, 1, 1, tzinfo=UTC),
         catchup=False,
         max_active_runs=1,  # runs write disjoint rows, but one at a time keeps the table's story simple
-        default_args={
-            "owner": "ml-platform",
-            "retries": 2,
-            "retry_delay": timedelta(seconds=30),
-            "retry_exponential_backoff": 2.0,
-            "execution_timeout": timedelta(minutes=15),
-            "on_failure_callback": on_failure(),
-        },
+        default_args=default_args("ml-platform", timedelta(minutes=15)),
         doc_md=__doc__,
         tags=["ml", "predictions"],
     ) as dag:

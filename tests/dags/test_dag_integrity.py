@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import itertools
 import json
 import shutil
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any, NotRequired
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import Asset, CronDataIntervalTimetable
 
 from include.retrain.spec import load_spec, spec_names
+from include.retrain.stages import refs
 
 BUNDLE = Path(__file__).resolve().parents[2]
 PIPELINES = BUNDLE / "include" / "pipelines"
@@ -71,6 +77,45 @@ def test_promotion_params_appear_in_the_trigger_form(dagbag: DagBag) -> None:
             "dry_run",
         ]
         assert params["full_refresh"] is False
+
+
+# What an XCom field may hold: JSON scalars, lists of strings, small dicts of them.
+SMALL_TYPES = {str, int, float, bool, type(None), list[str], dict[str, Any]}
+
+
+def field_types(annotation: Any) -> set[Any]:
+    """The concrete types a TypedDict field may hold (``NotRequired`` and unions unwrapped)."""
+    if typing.get_origin(annotation) in (NotRequired, types.UnionType, typing.Union):
+        return {t for arg in typing.get_args(annotation) for t in field_types(arg)}
+    return {annotation}
+
+
+@pytest.mark.parametrize("name", spec_names(PIPELINES))
+def test_every_task_returns_one_small_typed_xcom(dagbag: DagBag, name: str) -> None:
+    """XCom carries keys and small facts: a typed ref per task, one XCom (not one per key), no frames."""
+    dag = dagbag.dags[f"retrain_{name}"]
+    for task in dag.tasks:
+        assert task.multiple_outputs is False, f"{task.task_id} would push one XCom per key"
+        returned = typing.get_type_hints(task.python_callable)["return"]
+        assert typing.is_typeddict(returned) and returned.__module__ == refs.__name__, task.task_id
+        hints = typing.get_type_hints(returned)
+        assert hints, task.task_id
+        for field, annotation in hints.items():
+            assert field_types(annotation) <= SMALL_TYPES, f"{task.task_id}: {field} is {annotation}"
+            assert field in refs_docs(returned), f"{returned.__name__}.{field} has no docstring"
+
+
+def refs_docs(cls: type) -> set[str]:
+    """Fields of a TypedDict (and its bases) followed by a docstring in the source."""
+    documented = set()
+    definition = ast.parse(inspect.getsource(cls)).body[0]
+    for field, doc in itertools.pairwise(definition.body):
+        if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
+            documented.add(field.target.id)
+    for base in definition.bases:  # a TypedDict keeps no TypedDict base in __mro__ or __bases__
+        if isinstance(base, ast.Name) and base.id != "TypedDict":
+            documented |= refs_docs(getattr(refs, base.id))
+    return documented
 
 
 @pytest.mark.parametrize("name", spec_names(PIPELINES))

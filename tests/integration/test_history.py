@@ -21,6 +21,7 @@ import pytest
 
 from include.retrain import history
 from include.retrain.errors import DataValidationError, StoreError
+from include.retrain.settings import Settings
 from include.retrain_airflow import history as airflow_history
 from tests.helpers import ensure_database, free_port
 
@@ -374,5 +375,6 @@ def test_opened_migrates_once_per_process_and_closes(airflow_conn: str, monkeypa
 
 
 def test_history_conn_id_comes_from_the_environment() -> None:
-    assert airflow_history.conn_id_from_env({}) == "retrain_db"
-    assert airflow_history.conn_id_from_env({"RETRAIN_HISTORY_CONN_ID": "warehouse"}) == "warehouse"
+    assert Settings.from_env({}).history_conn_id == "retrain_db"
+    assert Settings.from_env({"RETRAIN_HISTORY_CONN_ID": ""}).history_conn_id == "retrain_db"
+    assert Settings.from_env({"RETRAIN_HISTORY_CONN_ID": "warehouse"}).history_conn_id == "warehouse"

@@ -22,13 +22,14 @@ import pytest
 import yaml
 
 from include.retrain import registry
-from include.retrain.errors import IntegrityError
-from include.retrain.registry import RunInfo
+from include.retrain.errors import IntegrityError, StoreError
 from include.retrain.spec import PipelineSpec
-from include.retrain.stages import Stage
+from include.retrain.stages.chain import CHAIN
+from include.retrain.stages.context import RunInfo, StageContext
 from include.retrain.store import FileStore, Layout
 from include.retrain_airflow import history as airflow_history
-from include.retrain_airflow.registry import load_champion, main
+from include.retrain_airflow.consumer import champion_model, load_model
+from include.retrain_airflow.registry_cli import main
 from tests.helpers import ensure_database, free_port
 
 PG_DB = "retrain_registry_cli_test"
@@ -145,12 +146,13 @@ def publish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, history_db: str) ->
             spec = PipelineSpec.model_validate(spec_dict(data, model, **changes))
             stamp = pd.Timestamp(end)
             run = RunInfo(stamp.strftime("%Y%m%dT%H%M%SZ"), None, end, "retrain_tiny", f"scheduled__{end[:10]}")
-            stage = Stage(spec, store, "", run, signing_key=KEY.encode() if i in signed else None)
-            ref = stage.extract("level")
-            for name in ("validate", "preprocess", "split", "train", "evaluate", "gate", "publish"):
-                ref = getattr(stage, name)(ref)
+            ctx = StageContext(spec, store, "", run, signing_key=KEY.encode() if i in signed else None)
+            *publish_chain, promote = CHAIN  # extract ... publish, then promote when the gate said so
+            ref: Any = "level"
+            for stage in publish_chain:
+                ref = stage(ctx, ref)
             if ref["decision"]["promote"]:
-                stage.promote(ref)
+                promote(ctx, ref)
             versions.append(ref["version"])
         env = {"RETRAIN_MODEL_STORE": f"file://{store.root}", "RETRAIN_PIPELINES_DIR": str(pipelines)}
         for name, value in env.items():
@@ -425,15 +427,25 @@ def test_verify_with_a_signing_key_flags_unsigned_versions(
     assert code == 1 and "signed with another key" in line_of(out, reg.versions[0])
 
 
-# -- the consumer helper ---------------------------------------------------------------------
+# -- the consumer loader (include.retrain_airflow.consumer) ----------------------------------
 
 
-def test_load_champion_returns_the_model_and_refuses_a_tampered_one(reg: Registry) -> None:
-    model, manifest = load_champion("tiny", "level", reg.env)
+def test_champion_model_returns_the_model_and_refuses_a_tampered_one(reg: Registry) -> None:
+    model, manifest = champion_model("tiny", "level", reg.env)
     assert manifest["version"] == reg.versions[2] and hasattr(model, "predict")
     with pytest.raises(IntegrityError, match="is not signed"):
-        load_champion("tiny", "level", reg.env | {"RETRAIN_SIGNING_KEY": KEY})
+        champion_model("tiny", "level", reg.env | {"RETRAIN_SIGNING_KEY": KEY})
     reg.store.write(reg.file(reg.versions[2], "model.pkl"), registry.dumps("not the model"))
     with pytest.raises(IntegrityError) as caught:
-        load_champion("tiny", "level", reg.env)
+        champion_model("tiny", "level", reg.env)
     assert caught.value.rule == "artifact checksum" and "pipeline 'tiny', series 'level'" in str(caught.value)
+
+
+def test_load_model_loads_latest_or_a_named_version(reg: Registry) -> None:
+    v0, _v1, v2 = reg.versions
+    assert load_model("tiny", "level", "latest", reg.env)[1]["version"] == v2
+    assert load_model("tiny", "level", v0, reg.env)[1]["version"] == v0
+    assert load_model("tiny", "level", env=reg.env)[1]["version"] == v2, "the champion by default"
+    with pytest.raises(StoreError) as caught:
+        load_model("tiny", "level", "20000101T000000Z", reg.env)
+    assert str(caught.value).startswith("pipeline 'tiny', series 'level': version 20000101T000000Z has no manifest")

@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from include.retrain.errors import StoreError
 from include.retrain.spec import load_spec
+from include.retrain.stages import prepare, snapshots
 from include.retrain_airflow import runtime
 from tests.helpers import free_port
 
@@ -46,10 +47,10 @@ def test_run_without_logical_date_uses_last_complete_interval() -> None:
 def test_permanent_error_fails_without_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETRAIN_MODEL_STORE", f"file://{tmp_path}")
     context = _context(data_interval_end=datetime(1950, 1, 1, tzinfo=UTC))
-    ref = runtime.run_stage(SPEC, "extract", "co2", context)
+    ref = runtime.run(SPEC, snapshots.extract, "co2", context)
     assert context["series"] == "co2", "map_index_template renders the series name"
     with pytest.raises(AirflowFailException, match=r"pipeline 'co2_weekly', series 'co2'.*empty.*Fix:"):
-        runtime.run_stage(SPEC, "validate", ref, context)
+        runtime.run(SPEC, prepare.validate, ref, context)
 
 
 def test_store_outage_is_left_to_retries(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,5 +59,5 @@ def test_store_outage_is_left_to_retries(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": extra}))
     monkeypatch.setenv("RETRAIN_MODEL_STORE", "s3://retrain-models")
     with pytest.raises(StoreError, match=r"pipeline 'co2_weekly', series 'co2'.*cannot reach") as caught:
-        runtime.run_stage(SPEC, "extract", "co2", _context())
+        runtime.run(SPEC, snapshots.extract, "co2", _context())
     assert not isinstance(caught.value, AirflowFailException)

@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 
 from include.retrain import frames, http
-from include.retrain.errors import NoNewData
-from include.retrain.registry import RunInfo
+from include.retrain.errors import NoNewData, SourceError
 from include.retrain.sources import Clients, Endpoint
 from include.retrain.spec import PipelineSpec
-from include.retrain.stages import Stage
+from include.retrain.stages import snapshots
+from include.retrain.stages.chain import CHAIN
+from include.retrain.stages.context import RunInfo, StageContext
 from include.retrain.store import FileStore
 from tests.standins import TOKEN, StandIn, serve
 
-CHAIN = ("validate", "preprocess", "split", "train", "evaluate", "gate", "publish")
+AFTER_EXTRACT = CHAIN[1:-1]  # validate .. publish
 SPEC = PipelineSpec.model_validate(
     {
         "name": "ticks",
@@ -42,15 +43,15 @@ def standin() -> Iterator[tuple[StandIn, str]]:
         yield running
 
 
-def stage(store: FileStore, base: str, end: str, run_id: str = "scheduled__a") -> Stage:
+def stage(store: FileStore, base: str, end: str, run_id: str = "scheduled__a", **params) -> StageContext:
     run = RunInfo(end.replace("-", "").replace(":", "")[:15] + "Z", None, end, "retrain_ticks", run_id)
     clients = Clients(endpoint=lambda _: Endpoint(base, TOKEN), policy=http.RetryPolicy(attempts=2, first_delay=0.01))
-    return Stage(SPEC, store, "", run, clients)
+    return StageContext(SPEC, store, "", run, clients, **params)
 
 
-def train_through(stage_: Stage, ref: dict) -> dict:
-    for name in CHAIN:
-        ref = getattr(stage_, name)(ref)
+def train_through(ctx: StageContext, ref: dict) -> dict:
+    for each in AFTER_EXTRACT:
+        ref = each(ctx, ref)
     return ref
 
 
@@ -62,11 +63,11 @@ def test_retry_and_rerun_train_on_byte_identical_snapshots(standin: tuple[StandI
     state, base = standin
     store = FileStore(tmp_path)
     run = stage(store, base, "2026-11-13T22:00:00+00:00")
-    first = run.extract("nls")
+    first = snapshots.extract(run, "nls")
     snapshot = store.read(first["raw"])
     state.last_day = pd.Timestamp("2026-11-20")  # the source has moved on meanwhile
-    retried = run.extract("nls")  # a retry of the task: same run
-    rerun = stage(store, base, "2026-11-13T22:00:00+00:00").extract("nls")  # the run cleared and rerun
+    retried = snapshots.extract(run, "nls")  # a retry of the task: same run
+    rerun = snapshots.extract(stage(store, base, "2026-11-13T22:00:00+00:00"), "nls")  # the run cleared and rerun
     assert store.read(retried["raw"]) == store.read(rerun["raw"]) == snapshot
     assert retried["reused_snapshot"] and rerun["reused_snapshot"]
     assert len(tiingo_requests(state)) == 1, "no second fetch"
@@ -76,9 +77,9 @@ def test_incremental_run_fetches_only_new_rows_and_merges(standin: tuple[StandIn
     state, base = standin
     store = FileStore(tmp_path)
     state.last_day = pd.Timestamp("2026-11-13")
-    first = stage(store, base, "2026-11-13T22:00:00+00:00").extract("nls")
+    first = snapshots.extract(stage(store, base, "2026-11-13T22:00:00+00:00"), "nls")
     state.last_day = pd.Timestamp("2026-11-20")
-    second = stage(store, base, "2026-11-20T22:00:00+00:00", "scheduled__b").extract("nls")
+    second = snapshots.extract(stage(store, base, "2026-11-20T22:00:00+00:00", "scheduled__b"), "nls")
     full, incremental = tiingo_requests(state)
     assert incremental["startDate"] == "2026-11-13", "from the high-water mark of the last snapshot"
     assert full["startDate"] < "2026-03-01", "the first run fetched max_history periods"
@@ -92,8 +93,8 @@ def test_incremental_run_fetches_only_new_rows_and_merges(standin: tuple[StandIn
 def test_full_refresh_fetches_everything_again(standin: tuple[StandIn, str], tmp_path: Path) -> None:
     state, base = standin
     store = FileStore(tmp_path)
-    stage(store, base, "2026-11-13T22:00:00+00:00").extract("nls")
-    again = stage(store, base, "2026-11-20T22:00:00+00:00", "manual__b").extract("nls", full_refresh=True)
+    snapshots.extract(stage(store, base, "2026-11-13T22:00:00+00:00"), "nls")
+    again = snapshots.extract(stage(store, base, "2026-11-20T22:00:00+00:00", "manual__b", full_refresh=True), "nls")
     assert tiingo_requests(state)[-1]["startDate"] < "2026-03-01" and again["fetched_rows"] == 200
 
 
@@ -102,11 +103,11 @@ def test_no_new_data_skips_instead_of_publishing_a_duplicate(standin: tuple[Stan
     store = FileStore(tmp_path)
     state.last_day = pd.Timestamp("2026-11-13")
     first = stage(store, base, "2026-11-13T22:00:00+00:00")
-    published = train_through(first, first.extract("nls"))
+    published = train_through(first, snapshots.extract(first, "nls"))
     assert published["latest_moved"]
     keys = store.list("")
     with pytest.raises(NoNewData, match=r"no new data since the current model \(version 20261113T220000Z"):
-        stage(store, base, "2026-11-14T22:00:00+00:00", "scheduled__weekend").extract("nls")
+        snapshots.extract(stage(store, base, "2026-11-14T22:00:00+00:00", "scheduled__weekend"), "nls")
     assert [k for k in store.list("") if "/_runs/" not in k] == [k for k in keys if "/_runs/" not in k]
 
 
@@ -115,6 +116,6 @@ def test_failed_fetch_leaves_no_snapshot(standin: tuple[StandIn, str], tmp_path:
     store = FileStore(tmp_path)
     broken = stage(store, base, "2026-11-13T22:00:00+00:00")
     broken.clients.endpoint = lambda _: Endpoint(base, "wrong-token")
-    with pytest.raises(Exception, match="HTTP 401"):
-        broken.extract("nls")
+    with pytest.raises(SourceError, match="HTTP 401"):
+        snapshots.extract(broken, "nls")
     assert store.list("") == [], "a later run must not find a partial snapshot"

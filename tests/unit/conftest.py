@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from include.retrain.errors import StoreError
-from include.retrain.registry import RunInfo
 from include.retrain.settings import BUNDLE_ROOT
 from include.retrain.spec import PipelineSpec
+from include.retrain.stages.context import RunInfo
 from include.retrain.store import FileStore
 
 FREQ = "W-SAT"

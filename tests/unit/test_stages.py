@@ -24,9 +24,11 @@ from include.retrain.errors import (
     StoreError,
 )
 from include.retrain.spec import load_spec
-from include.retrain.stages import Stage
+from include.retrain.stages import prepare, snapshots, training
+from include.retrain.stages.chain import CHAIN
+from include.retrain.stages.context import StageContext
 
-CHAIN = ("extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish")
+UNTIL_PUBLISH = CHAIN[:-1]  # promote runs only when the gate says so
 RIDGE = {"kind": "sklearn", "estimator": "sklearn.linear_model.Ridge", "lags": 4, "calendar": ["month"], "order": None}
 KINDS = {
     "arima": {"kind": "arima", "order": [1, 0, 0]},
@@ -37,33 +39,33 @@ KINDS = {
 
 
 @pytest.fixture
-def make_stage(make_spec, store, weekly, write_csv, make_run):
-    """``make_stage(frame=None, end=..., **spec_changes)``: a Stage of the tiny pipeline over ``store``."""
+def make_ctx(make_spec, store, weekly, write_csv, make_run):
+    """``make_ctx(frame=None, end=..., **spec_changes)``: the StageContext of the tiny pipeline over ``store``."""
 
     def make(frame=None, end="2021-01-04T06:00:00+00:00", **changes):
         path = write_csv(weekly(40) if frame is None else frame)
         spec = make_spec(**{"source": {"kind": "file", "path": str(path)}, **changes})
-        return Stage(spec, store, "", make_run(end))
+        return StageContext(spec, store, "", make_run(end))
 
     return make
 
 
-def run_chain(stage: Stage, series: str = "level") -> list[dict]:
+def run_chain(ctx: StageContext, series: str = "level") -> list[dict]:
     """Every stage's ref, in order; each stage gets the previous one's ref (extract gets the series)."""
     refs, ref = [], series
-    for name in CHAIN:
-        ref = getattr(stage, name)(ref)
+    for stage in UNTIL_PUBLISH:
+        ref = stage(ctx, ref)
         refs.append(ref)
     return refs
 
 
-def first_failure(stage: Stage, series: str = "level") -> tuple[str, RetrainError]:
+def first_failure(ctx: StageContext, series: str = "level") -> tuple[str, RetrainError]:
     ref = series
-    for name in CHAIN:
+    for stage in UNTIL_PUBLISH:
         try:
-            ref = getattr(stage, name)(ref)
+            ref = stage(ctx, ref)
         except RetrainError as exc:
-            return name, exc
+            return stage.__name__, exc
     pytest.fail("the chain did not fail")
 
 
@@ -72,31 +74,29 @@ def published(snapshot: dict[str, bytes]) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("model", KINDS.values(), ids=KINDS.keys())
-def test_chain_publishes_a_loadable_model_for_every_kind(make_stage, store, model):
-    stage = make_stage(model=model)
-    result = run_chain(stage)[-1]
+def test_chain_publishes_a_loadable_model_for_every_kind(make_ctx, store, model):
+    ctx = make_ctx(model=model)
+    result = run_chain(ctx)[-1]
     assert result["pipeline"] == "tiny"
     assert result["series"] == "level"
     assert re.fullmatch(r"20210104T060000Z-[0-9a-f]{8}", result["version"]), "window end, then the data it saw"
     assert result["latest_moved"] is True
     assert result["model_key"] == f"models/tiny/level/{result['version']}/model.pkl"
-    fitted, manifest = registry.load_model(store, stage.layout, "level", "latest")
-    forecast = models.forecast(
-        fitted, stage.spec.model, stage.get_series(stage.key("level", "clean.parquet")), 3, "W-SAT"
-    )
+    fitted, manifest = registry.load_model(store, ctx.layout, "level", "latest")
+    forecast = models.forecast(fitted, ctx.spec.model, ctx.get_series(ctx.key("level", "clean.parquet")), 3, "W-SAT")
     assert list(forecast.index.strftime("%Y-%m-%d")) == ["2020-10-10", "2020-10-17", "2020-10-24"]
     assert manifest["artifact"]["sha256"] == registry.sha256(store.read(result["model_key"]))
 
 
-def test_refs_are_small_json_serializable_dicts(make_stage):
+def test_refs_are_small_json_serializable_dicts(make_ctx):
     """Refs travel through XCom: keys and numbers, never frames or models."""
-    for ref in run_chain(make_stage(model=RIDGE)):
+    for ref in run_chain(make_ctx(model=RIDGE)):
         assert isinstance(ref, dict)
         assert len(json.dumps(ref)) < 2000
 
 
-def test_stage_refs_carry_keys_and_counts(make_stage, store):
-    extract, validate, preprocess, split, train, evaluate, *_ = run_chain(make_stage(model=RIDGE))
+def test_stage_refs_carry_keys_and_counts(make_ctx, store):
+    extract, validate, preprocess, split, train, evaluate, *_ = run_chain(make_ctx(model=RIDGE))
     work = "models/_runs/tiny/level/20210104T060000Z/scheduled__test"
     assert {k: extract[k] for k in ("series", "raw", "rows", "fetched_rows", "reused_snapshot")} == {
         "series": "level",
@@ -118,8 +118,8 @@ def test_stage_refs_carry_keys_and_counts(make_stage, store):
     assert json.loads(store.read(f"{work}/metrics.json")) == evaluate["metrics"]
 
 
-def test_chain_writes_exactly_the_expected_keys(make_stage, store):
-    version = run_chain(make_stage())[-1]["version"]
+def test_chain_writes_exactly_the_expected_keys(make_ctx, store):
+    version = run_chain(make_ctx())[-1]["version"]
     work = "models/_runs/tiny/level/20210104T060000Z/scheduled__test/"
     names = ["candidate.pkl", "clean.parquet", "decision.json", "metrics.json", "raw.parquet", "test.parquet"]
     assert store.list("") == [
@@ -131,17 +131,17 @@ def test_chain_writes_exactly_the_expected_keys(make_stage, store):
     ]
 
 
-def test_split_test_window_is_the_last_periods_of_the_clean_series(make_stage):
-    stage = make_stage()
-    split = run_chain(stage)[3]
-    train, test = stage.get_series(split["train"]), stage.get_series(split["test"])
-    clean = stage.get_series(split["clean"])
+def test_split_test_window_is_the_last_periods_of_the_clean_series(make_ctx):
+    ctx = make_ctx()
+    split = run_chain(ctx)[3]
+    train, test = ctx.get_series(split["train"]), ctx.get_series(split["test"])
+    clean = ctx.get_series(split["clean"])
     assert list(test.index) == list(clean.index[-4:])
     assert train.index.max() < test.index.min()
 
 
-def test_evaluate_reports_model_and_baseline_on_the_test_window(make_stage):
-    metrics = run_chain(make_stage())[5]["metrics"]
+def test_evaluate_reports_model_and_baseline_on_the_test_window(make_ctx):
+    metrics = run_chain(make_ctx())[5]["metrics"]
     assert metrics["primary_metric"] == "mae"
     assert metrics["baseline_kind"] == "naive"
     assert metrics["horizon"] == 4
@@ -149,9 +149,9 @@ def test_evaluate_reports_model_and_baseline_on_the_test_window(make_stage):
     assert all(value is not None and value >= 0 for value in metrics["model"].values())
 
 
-def test_manifest_records_run_data_model_and_usage(make_stage, store):
-    stage = make_stage(model=RIDGE)
-    version = run_chain(stage)[-1]["version"]
+def test_manifest_records_run_data_model_and_usage(make_ctx, store):
+    ctx = make_ctx(model=RIDGE)
+    version = run_chain(ctx)[-1]["version"]
     manifest = json.loads(store.read(f"models/tiny/level/{version}/manifest.json"))
     assert (manifest["pipeline"], manifest["series"], manifest["target"]) == ("tiny", "level", "value")
     assert (manifest["dag_id"], manifest["run_id"]) == ("retrain_test", "scheduled__test")
@@ -170,89 +170,89 @@ def test_manifest_records_run_data_model_and_usage(make_stage, store):
     assert "scikit-learn" in manifest["libraries"]
 
 
-def test_refit_on_full_publishes_a_model_fitted_on_all_rows(make_stage, store):
-    stage = make_stage()
-    train, *_, result = run_chain(stage)[4:]
+def test_refit_on_full_publishes_a_model_fitted_on_all_rows(make_ctx, store):
+    ctx = make_ctx()
+    train, *_, result = run_chain(ctx)[4:]
     assert store.read(result["model_key"]) != store.read(train["candidate"])
-    assert registry.load_model(store, stage.layout, "level", "latest")[0].nobs == 40
+    assert registry.load_model(store, ctx.layout, "level", "latest")[0].nobs == 40
 
 
-def test_without_refit_the_candidate_is_published(make_stage, store):
-    stage = make_stage(split={"refit_on_full": False})
-    train = run_chain(stage)[4]
+def test_without_refit_the_candidate_is_published(make_ctx, store):
+    ctx = make_ctx(split={"refit_on_full": False})
+    train = run_chain(ctx)[4]
     candidate = registry.verified_loads(store.read(train["candidate"]), train["candidate_sha256"], "candidate")
-    published_model = registry.load_model(store, stage.layout, "level", "latest")[0]
+    published_model = registry.load_model(store, ctx.layout, "level", "latest")[0]
     assert published_model.nobs == candidate.nobs == 36
     np.testing.assert_array_equal(published_model.params, candidate.params)
 
 
-def test_preprocess_fills_gaps_before_training(make_stage, weekly):
+def test_preprocess_fills_gaps_before_training(make_ctx, weekly):
     frame = weekly(40)
-    stage = make_stage(frame=frame.drop(frame.index[[10, 11]]))
-    preprocess = run_chain(stage)[2]
-    clean = stage.get_series(preprocess["clean"])
+    ctx = make_ctx(frame=frame.drop(frame.index[[10, 11]]))
+    preprocess = run_chain(ctx)[2]
+    clean = ctx.get_series(preprocess["clean"])
     assert len(clean) == 40
     assert clean.notna().all()
 
 
-def test_retry_of_extract_reuses_the_runs_snapshot_byte_for_byte(make_stage, store, weekly, write_csv):
+def test_retry_of_extract_reuses_the_runs_snapshot_byte_for_byte(make_ctx, store, weekly, write_csv):
     """A retry trains on the data the run first saw, even if the source changed meanwhile."""
-    stage = make_stage()
-    first = stage.extract("level")
+    ctx = make_ctx()
+    first = snapshots.extract(ctx, "level")
     raw = store.read(first["raw"])
     write_csv(weekly(40, seed=9))  # the source changes under the run
-    again = stage.extract("level")
+    again = snapshots.extract(ctx, "level")
     assert again["reused_snapshot"] is True and again["fetched_rows"] == 0
     assert again["snapshot_fingerprint"] == first["snapshot_fingerprint"]
     assert store.read(again["raw"]) == raw
 
 
-def test_rerun_after_publishing_skips_without_writing(make_stage, snapshot):
+def test_rerun_after_publishing_skips_without_writing(make_ctx, snapshot):
     """The current model already saw this snapshot: the rerun stops at extract, nothing changes."""
-    run_chain(make_stage())
+    run_chain(make_ctx())
     first = snapshot()
     with pytest.raises(NoNewData, match=r"pipeline 'tiny', series 'level': no new data since the current model"):
-        make_stage().extract("level")
+        snapshots.extract(make_ctx(), "level")
     assert snapshot() == first
 
 
-def test_new_run_with_unchanged_data_skips(make_stage):
-    run_chain(make_stage())
+def test_new_run_with_unchanged_data_skips(make_ctx):
+    run_chain(make_ctx())
     with pytest.raises(NoNewData):
-        make_stage(end="2021-01-11T06:00:00+00:00").extract("level")
+        snapshots.extract(make_ctx(end="2021-01-11T06:00:00+00:00"), "level")
 
 
-def test_new_run_with_new_data_trains(make_stage, weekly):
-    run_chain(make_stage())
-    result = run_chain(make_stage(frame=weekly(41), end="2021-01-11T06:00:00+00:00"))[-1]
+def test_new_run_with_new_data_trains(make_ctx, weekly):
+    run_chain(make_ctx())
+    result = run_chain(make_ctx(frame=weekly(41), end="2021-01-11T06:00:00+00:00"))[-1]
     assert result["version"].startswith("20210111T060000Z-") and result["latest_moved"] is True
 
 
-def test_new_data_within_the_same_interval_is_a_new_version(make_stage, weekly, store):
+def test_new_data_within_the_same_interval_is_a_new_version(make_ctx, weekly, store):
     """A manual run after a late update of the source: same window, other data, new version."""
-    first = run_chain(make_stage())[-1]
-    late = make_stage(frame=weekly(40, seed=5))
+    first = run_chain(make_ctx())[-1]
+    late = make_ctx(frame=weekly(40, seed=5))
     late.run = dataclasses.replace(late.run, run_id="manual__late")
     second = run_chain(late)[-1]
     assert first["version"] != second["version"] and second["latest_moved"] is True
     assert store.exists(first["model_key"]) and store.exists(second["model_key"])
 
 
-def test_backfill_publishes_its_version_but_keeps_latest(make_stage, store):
-    run_chain(make_stage(end="2021-01-11T06:00:00+00:00"))
+def test_backfill_publishes_its_version_but_keeps_latest(make_ctx, store):
+    run_chain(make_ctx(end="2021-01-11T06:00:00+00:00"))
     pointer = store.read("models/tiny/level/latest.json")
-    result = run_chain(make_stage(end="2020-09-27T06:00:00+00:00"))[-1]  # sees 39 of the 40 weeks
+    result = run_chain(make_ctx(end="2020-09-27T06:00:00+00:00"))[-1]  # sees 39 of the 40 weeks
     assert result["latest_moved"] is False
     assert store.read("models/tiny/level/latest.json") == pointer
     assert store.exists(result["model_key"])
 
 
-def test_failed_validation_of_a_later_run_leaves_the_published_model_untouched(make_stage, weekly, snapshot):
-    version = run_chain(make_stage())[-1]["version"]
+def test_failed_validation_of_a_later_run_leaves_the_published_model_untouched(make_ctx, weekly, snapshot):
+    version = run_chain(make_ctx())[-1]["version"]
     before = published(snapshot())
     bad = weekly(41)
     bad.iloc[-1, 0] = 150.0  # the new week is above validation.max_value
-    name, error = first_failure(make_stage(frame=bad, end="2021-01-11T06:00:00+00:00"))
+    name, error = first_failure(make_ctx(frame=bad, end="2021-01-11T06:00:00+00:00"))
     assert (name, error.rule) == ("validate", "validation.max_value")
     assert published(snapshot()) == before
     assert set(before) == {
@@ -319,11 +319,11 @@ FAILURES = {
     ("change", "spec_changes", "end", "failing_stage", "error_type", "rule"), FAILURES.values(), ids=FAILURES.keys()
 )
 def test_stage_errors_name_pipeline_series_rule_and_fix(
-    make_stage, weekly, change, spec_changes, end, failing_stage, error_type, rule
+    make_ctx, weekly, change, spec_changes, end, failing_stage, error_type, rule
 ):
     frame = weekly(40) if change is None else change(weekly(40))
-    stage = make_stage(frame=frame, **({"end": end} if end else {}), **spec_changes)
-    name, error = first_failure(stage)
+    ctx = make_ctx(frame=frame, **({"end": end} if end else {}), **spec_changes)
+    name, error = first_failure(ctx)
     assert (name, type(error)) == (failing_stage, error_type)
     assert (error.pipeline, error.series, error.rule) == ("tiny", "level", rule)
     assert str(error).startswith("pipeline 'tiny', series 'level': ")
@@ -331,27 +331,27 @@ def test_stage_errors_name_pipeline_series_rule_and_fix(
     assert error.permanent
 
 
-def test_missing_upstream_artifact_names_pipeline_and_series(make_stage):
-    stage = make_stage()
+def test_missing_upstream_artifact_names_pipeline_and_series(make_ctx):
+    ctx = make_ctx()
     with pytest.raises(StoreError) as caught:
-        stage.validate({"series": "level", "raw": stage.key("level", "raw.parquet")})
+        prepare.validate(ctx, {"series": "level", "raw": ctx.key("level", "raw.parquet")})
     assert str(caught.value).startswith("pipeline 'tiny', series 'level': file://")
     assert caught.value.permanent
 
 
-def test_tampered_candidate_is_refused_by_evaluate(make_stage, store):
-    stage = make_stage()
-    train = run_chain(stage)[4]
+def test_tampered_candidate_is_refused_by_evaluate(make_ctx, store):
+    ctx = make_ctx()
+    train = run_chain(ctx)[4]
     store.write(train["candidate"], pickle.dumps("swapped"))
     with pytest.raises(IntegrityError) as caught:
-        stage.evaluate(train)
+        training.evaluate(ctx, train)
     assert str(caught.value).startswith("pipeline 'tiny', series 'level': ")
     assert caught.value.rule == "artifact checksum"
 
 
-def test_unknown_series_is_a_spec_error(make_stage):
+def test_unknown_series_is_a_spec_error(make_ctx):
     with pytest.raises(SpecError, match=r"^pipeline 'tiny', series 'nope': no series named 'nope'.*Fix: "):
-        make_stage().extract("nope")
+        snapshots.extract(make_ctx(), "nope")
 
 
 def test_unknown_frequency_fails_with_a_named_error(tmp_path, spec_dict, store, make_run, write_csv, weekly):
@@ -360,8 +360,8 @@ def test_unknown_frequency_fails_with_a_named_error(tmp_path, spec_dict, store, 
     source = {"kind": "file", "path": str(write_csv(weekly(40)))}
     path.write_text(yaml.safe_dump(spec_dict(frequency="weekly", source=source)))
     with pytest.raises(RetrainError) as caught:
-        stage = Stage(load_spec(path), store, "", make_run())
-        stage.validate(stage.extract("level"))
+        ctx = StageContext(load_spec(path), store, "", make_run())
+        prepare.validate(ctx, snapshots.extract(ctx, "level"))
     assert caught.value.pipeline == "tiny"
 
 
@@ -371,15 +371,15 @@ SHIPPED = [("co2_weekly", "co2", 1040), ("us_macro", "realgdp", 203), ("us_macro
 @pytest.mark.parametrize(("name", "series", "rows"), SHIPPED, ids=[f"{n}-{s}" for n, s, _ in SHIPPED])
 def test_shipped_spec_runs_end_to_end(pipelines_dir, store, make_run, name, series, rows):
     spec = load_spec(pipelines_dir / f"{name}.yaml")
-    stage = Stage(spec, store, "root", make_run("2010-01-04T06:00:00+00:00"))
-    result = run_chain(stage, series)[-1]
+    ctx = StageContext(spec, store, "root", make_run("2010-01-04T06:00:00+00:00"))
+    result = run_chain(ctx, series)[-1]
     assert re.fullmatch(rf"root/models/{name}/{series}/20100104T060000Z-[0-9a-f]{{8}}/model.pkl", result["model_key"])
-    fitted, manifest = registry.load_model(store, stage.layout, series, "latest")
+    fitted, manifest = registry.load_model(store, ctx.layout, series, "latest")
     assert manifest["rows"] == {"total": rows, "train": rows - spec.split.test_size, "test": spec.split.test_size}
     assert all(
         v is not None for v in (*manifest["metrics"]["model"].values(), *manifest["metrics"]["baseline"].values())
     )
-    clean = stage.get_series(stage.key(series, "clean.parquet"))
+    clean = ctx.get_series(ctx.key(series, "clean.parquet"))
     forecast = models.forecast(fitted, spec.model, clean, 2, spec.frequency)
     assert list(forecast.index) == list(pd.date_range(clean.index[-1], periods=3, freq=spec.frequency)[1:])
     assert np.isfinite(forecast.to_numpy()).all()
@@ -398,9 +398,9 @@ def test_store_errors_are_transient_unless_marked_permanent():
     assert ModelError("x", fix="y").permanent is True
 
 
-def test_backtest_reports_every_fold_in_the_manifest(make_stage, store):
-    stage = make_stage(evaluation={"backtest_folds": 3})
-    result = run_chain(stage)[-1]
+def test_backtest_reports_every_fold_in_the_manifest(make_ctx, store):
+    ctx = make_ctx(evaluation={"backtest_folds": 3})
+    result = run_chain(ctx)[-1]
     backtest = result["metrics"]["backtest"]
     assert (backtest["folds"], backtest["horizon"]) == (3, 4)
     weeks = pd.date_range("2020-01-04", periods=40, freq="W-SAT")
@@ -411,7 +411,7 @@ def test_backtest_reports_every_fold_in_the_manifest(make_stage, store):
     assert manifest["metrics"]["backtest"] == backtest
 
 
-def test_backtest_that_does_not_fit_the_data_fails_evaluate(make_stage):
-    name, error = first_failure(make_stage(evaluation={"backtest_folds": 9}))
+def test_backtest_that_does_not_fit_the_data_fails_evaluate(make_ctx):
+    name, error = first_failure(make_ctx(evaluation={"backtest_folds": 9}))
     assert (name, error.rule) == ("evaluate", "backtest folds")
     assert "pipeline 'tiny', series 'level'" in str(error)
