@@ -7,9 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from deploy.postgres import ensure_server
 from deploy.stack import free_port
 
-__all__ = ["BUNDLE", "ensure_database", "free_port", "wait_for_port"]
+__all__ = ["BUNDLE", "ensure_database", "ensure_postgres", "free_port", "wait_for_port"]
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
@@ -25,8 +26,15 @@ def wait_for_port(port: int, seconds: float = 30) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds}s")
 
 
+def ensure_postgres() -> None:
+    """The local PostgreSQL server answers on 127.0.0.1:5432: found, else started (or installed) as
+    ``make up`` does. Tests call it themselves instead of counting on a live stack having started it."""
+    ensure_server({"RETRAIN_PG_HOST": "127.0.0.1", "RETRAIN_PG_PORT": "5432"}, print)
+
+
 def ensure_database(name: str) -> str:
     """A database on the local PostgreSQL server (created when missing, kept between sessions); its DSN."""
+    ensure_postgres()
     psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tAqc"]
     exists = subprocess.run(
         [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], check=True, text=True, capture_output=True

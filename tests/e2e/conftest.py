@@ -5,6 +5,10 @@ It gets its own state directory, metadata database (recreated) and free ports, s
 never touches a developer's ``make run`` stack. Its DAGs folder holds the bundle's DAG
 files, the test pipelines (``flaky`` reads a CSV file the tests rewrite) and the
 test-only DAGs of tests/e2e/dags/.
+
+Tests run in random order (pytest-randomly), so none may count on another having run:
+a test that needs published models or unpaused pipelines asks for ``run_all``, which
+runs ``make run``'s job once for the whole session, whichever test asks first.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,7 @@ import pytest
 from deploy.envfile import read_env_file
 from deploy.profile import Profile, local_profile
 from deploy.stack import isolated_env
-from include.retrain_airflow.cli import Api, api_from_env
+from include.retrain_airflow.cli import Api, api_from_env, wait_for_dags
 from tests.helpers import BUNDLE
 
 TEST_SPEC = """\
@@ -127,9 +132,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         subprocess.run([*command, "up", "--reset-db"], env=env, check=True, timeout=600)
         file_env = read_env_file(state / "airflow.env")
-        yield Stack(env={**env, **file_env}, api=api_from_env(file_env), state=state)
+        api = api_from_env(file_env)
+        # Airflow queues no asset-triggered run for a paused DAG: unpaused from the start,
+        # batch_predict sees every promotion of the session, whichever test makes it.
+        wait_for_dags(api, ["batch_predict"], timeout=120)
+        api.json("PATCH", "/dags/batch_predict", json={"is_paused": False})
+        yield Stack(env={**env, **file_env}, api=api, state=state)
     finally:
         subprocess.run([*command, "down"], env=env, timeout=120)
         logs = state / "logs"
         if logs.exists():
             print(f"stack logs kept in {logs}")
+
+
+@dataclass(frozen=True)
+class RunAll:
+    """What `make run`'s job printed and returned."""
+
+    done: subprocess.CompletedProcess[str]
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def run_all(stack: Stack) -> RunAll:
+    """`make run`'s job, once per session: every pipeline triggered through the REST API
+    (which unpauses it) and waited for, so each has published and recorded a gate decision.
+
+    Ask for it rather than count on an earlier test having run the pipelines.
+    """
+    started = time.monotonic()
+    done = stack.run(sys.executable, "-m", "include.retrain_airflow.cli", "run-all", "--timeout", "600")
+    seconds = time.monotonic() - started
+    print(done.stdout[-3000:], done.stderr[-3000:], f"run-all took {seconds:.1f}s")
+    return RunAll(done=done, seconds=seconds)

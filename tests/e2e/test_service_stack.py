@@ -73,6 +73,7 @@ def test_processes_are_the_units_commands(stack: Stack) -> None:
         assert f"WorkingDirectory={process.cwd()}" in unit.read_text()
 
 
+@pytest.mark.usefixtures("run_all")  # a run of a paused DAG never starts: run-all unpauses the pipelines
 def test_trigger_by_cli_and_by_rest_api(stack: Stack) -> None:
     """An operator's two ways in: `airflow dags trigger` and the REST API with a real login."""
     cli = stack.run(str(stack.profile.venv / "bin" / "airflow"), "dags", "trigger", "retrain_us_macro", "-o", "json")
@@ -125,6 +126,7 @@ def test_scheduler_killed_mid_task_recovers_without_publishing_twice(stack: Stac
     assert _versions(stack, f"models/slow/level/{version}/model.pkl") == 1, "nothing rewritten"
 
 
+@pytest.mark.usefixtures("run_all")  # retrain_slow unpaused, whether or not the scheduler test ran first
 def test_tasks_survive_an_api_server_restart(stack: Stack) -> None:
     """The api-server goes down while a task runs and comes back: the run still succeeds."""
     dag_id = "retrain_slow"

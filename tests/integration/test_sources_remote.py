@@ -17,7 +17,7 @@ from include.retrain.errors import SourceError
 from include.retrain.sources import Clients, Endpoint, Window, fetch
 from include.retrain.spec import PipelineSpec
 from include.retrain_airflow import clients as airflow_clients
-from tests.helpers import free_port
+from tests.helpers import ensure_postgres, free_port
 from tests.standins import TOKEN, StandIn, serve
 
 FAST = http.RetryPolicy(attempts=3, first_delay=0.01, timeout=5)
@@ -169,6 +169,7 @@ def test_http_connection_gives_base_url_and_token(monkeypatch: pytest.MonkeyPatc
 @pytest.fixture(scope="module")
 def warehouse() -> Iterator[str]:
     """A real PostgreSQL database with a fixture table of daily sales."""
+    ensure_postgres()
     psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qc"]
     subprocess.run([*psql, f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"], check=True)
     subprocess.run([*psql, f"CREATE DATABASE {PG_DB}"], check=True)
