@@ -54,3 +54,9 @@ def opened(conn_id: str) -> Iterator[Any]:
         yield conn
     finally:
         conn.close()
+
+
+def record(conn_id: str, decision: history.Decision) -> None:
+    """Write one decision row to the history database behind ``conn_id`` (a retry rewrites it)."""
+    with opened(conn_id) as conn:
+        history.record_decision(conn, decision)

@@ -12,10 +12,9 @@ import os
 from typing import Any
 
 from include.retrain import history, models, registry
-from include.retrain.errors import about
+from include.retrain.registry.targets import Target, target
 from include.retrain.settings import Settings
-from include.retrain.spec import load_spec, valid_specs
-from include.retrain.store import Layout
+from include.retrain.spec import valid_specs
 from include.retrain_airflow.history import opened
 from include.retrain_airflow.store import open_store
 
@@ -37,9 +36,9 @@ def changed_champions(context: dict[str, Any]) -> list[dict[str, str]]:
     store, root = open_store(settings)
     found = []
     for spec in valid_specs(settings.pipelines_dir):
-        layout = Layout(root, spec.store_prefix, spec.name)
         for series in spec.series:
-            if store.exists(layout.champion(series.name)):
+            where = Target.of(spec, series.name, store, root)
+            if store.exists(where.layout.champion(where.series)):
                 found.append({"pipeline": spec.name, "series": series.name})
     return found
 
@@ -47,11 +46,10 @@ def changed_champions(context: dict[str, Any]) -> list[dict[str, str]]:
 def predict_series(item: dict[str, str], run_id: str) -> dict[str, Any]:
     """Load the current champion of one series, verified, and write its forecast rows."""
     settings = Settings.from_env(os.environ)
-    spec = load_spec(settings.pipelines_dir / f"{item['pipeline']}.yaml")
-    store, root = open_store(settings)
-    layout = Layout(root, spec.store_prefix, spec.name)
-    with about(spec.name, item["series"]):
-        model, manifest = registry.load_champion(store, layout, item["series"], settings.signing_key)
+    where = target(settings.pipelines_dir, *open_store(settings), item["pipeline"], item["series"])
+    spec = where.spec
+    with where.about():
+        model, manifest = registry.load_champion(where.store, where.layout, where.series, settings.signing_key)
         predicted = models.forecast_published(model, manifest, spec.horizon)
     points = [(timestamp.to_pydatetime(), float(value)) for timestamp, value in predicted.items()]
     origin = predicted.index[0] - predicted.index.freq if predicted.index.freq else None

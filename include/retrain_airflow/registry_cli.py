@@ -40,7 +40,7 @@ from include.retrain.registry import operations, targets
 from include.retrain.registry.operations import Change
 from include.retrain.registry.targets import Target
 from include.retrain.settings import Settings
-from include.retrain_airflow.history import opened
+from include.retrain_airflow import history as airflow_history
 from include.retrain_airflow.store import open_store
 
 
@@ -126,8 +126,7 @@ def _user() -> str:
 def record(settings: Settings, row: history.Decision) -> bool:
     """Write the history row; on failure warn and return False: the pointer already moved."""
     try:
-        with opened(settings.history_conn_id) as conn:
-            history.record_decision(conn, row)
+        airflow_history.record(settings.history_conn_id, row)
     except Exception as exc:  # any failure here: the move stands, the operator must learn the row is missing
         detail = str(exc) if isinstance(exc, RetrainError) else f"{type(exc).__name__}: {exc}"
         print(

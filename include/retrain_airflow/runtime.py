@@ -65,14 +65,13 @@ def run_info(context: dict[str, Any], spec: PipelineSpec) -> RunInfo:
 def history_writer(conn_id: str) -> Callable[[dict[str, Any]], None]:
     """Write a decision row through PostgresHook (the table is created or migrated on first use)."""
 
-    def record(row: dict[str, Any]) -> None:
-        from include.retrain import history
-        from include.retrain_airflow.history import opened
+    def write(row: dict[str, Any]) -> None:
+        from include.retrain.history import Decision
+        from include.retrain_airflow.history import record
 
-        with opened(conn_id) as conn:
-            history.record_decision(conn, history.Decision(**row))
+        record(conn_id, Decision(**row))
 
-    return record
+    return write
 
 
 def stage_context(spec: PipelineSpec, context: Mapping[str, Any], settings: Settings) -> StageContext:
