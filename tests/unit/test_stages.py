@@ -24,7 +24,7 @@ from include.retrain.errors import (
     StoreError,
 )
 from include.retrain.spec import load_spec
-from include.retrain.stages import prepare, snapshots, training
+from include.retrain.stages import prepare, publishing, snapshots, training
 from include.retrain.stages.chain import CHAIN
 from include.retrain.stages.context import StageContext
 
@@ -92,7 +92,7 @@ def test_refs_are_small_json_serializable_dicts(make_ctx):
     """Refs travel through XCom: keys and numbers, never frames or models."""
     for ref in run_chain(make_ctx(model=RIDGE)):
         assert isinstance(ref, dict)
-        assert len(json.dumps(ref)) < 2000
+        assert len(json.dumps(ref)) < 2500  # the largest, gate's, is about 2 KB: a dozen keys and its decision
 
 
 def test_stage_refs_carry_keys_and_counts(make_ctx, store):
@@ -116,14 +116,16 @@ def test_stage_refs_carry_keys_and_counts(make_ctx, store):
     assert (split["rows_train"], split["rows_test"]) == (36, 4)
     assert train["candidate_sha256"] == registry.sha256(store.read(f"{work}/candidate.pkl"))
     assert json.loads(store.read(f"{work}/metrics.json")) == evaluate["metrics"]
+    assert evaluate["evaluation"] == f"{work}/evaluation.json"
 
 
 def test_chain_writes_exactly_the_expected_keys(make_ctx, store):
     version = run_chain(make_ctx())[-1]["version"]
     work = "models/_runs/tiny/level/20210104T060000Z/scheduled__test/"
-    names = ["candidate.pkl", "clean.parquet", "decision.json", "metrics.json", "raw.parquet", "test.parquet"]
+    names = ["candidate.pkl", "clean.parquet", "decision.json", "evaluation.json", "metrics.json", "raw.parquet"]
     assert store.list("") == [
-        *(work + n for n in [*names, "train.parquet", "validation.json"]),
+        *(work + n for n in [*names, "test.parquet", "train.parquet", "validation.json"]),
+        f"models/tiny/level/{version}/evaluation.json",
         f"models/tiny/level/{version}/manifest.json",
         f"models/tiny/level/{version}/model.pkl",
         f"models/tiny/level/{version}/profile.json",
@@ -147,6 +149,43 @@ def test_evaluate_reports_model_and_baseline_on_the_test_window(make_ctx):
     assert metrics["horizon"] == 4
     assert set(metrics["model"]) == set(metrics["baseline"]) == {"mae", "rmse", "mape"}
     assert all(value is not None and value >= 0 for value in metrics["model"].values())
+
+
+def test_evaluate_keeps_both_test_window_forecasts_beside_the_actuals(make_ctx, store):
+    """What a Models page plots: the series' recent actuals, the candidate's and the baseline's forecasts."""
+    ctx = make_ctx()
+    split, _, evaluate = run_chain(ctx)[3:6]
+    value = json.loads(store.read(evaluate["evaluation"]))
+    assert list(value) == ["frequency", "primary_metric", "actual", "test_forecast", "baseline_forecast"]
+    assert (value["frequency"], value["primary_metric"]) == ("W-SAT", "mae")
+    clean, train = ctx.get_series(split["clean"]), ctx.get_series(split["train"])
+    assert value["actual"] == {"timestamps": [str(t) for t in clean.index], "values": clean.tolist()}, "40 < 120"
+    window = [str(t) for t in clean.index[-4:]]
+    assert value["test_forecast"]["timestamps"] == value["baseline_forecast"]["timestamps"] == window
+    assert value["baseline_forecast"]["values"] == [train.iloc[-1]] * 4, "naive: the last training value"
+    errors = np.subtract(value["actual"]["values"][-4:], value["test_forecast"]["values"])
+    assert round(float(np.mean(np.abs(errors))), 6) == evaluate["metrics"]["model"]["mae"], "the forecast scored"
+
+
+def test_publish_keeps_evaluation_json_and_records_its_checksum(make_ctx, store):
+    ctx = make_ctx()
+    *_, evaluate, _, result = run_chain(ctx)
+    data = store.read(f"models/tiny/level/{result['version']}/evaluation.json")
+    assert data == store.read(evaluate["evaluation"])
+    manifest = json.loads(store.read(f"models/tiny/level/{result['version']}/manifest.json"))
+    assert manifest["evaluation"] == {"file": "evaluation.json", "sha256": registry.sha256(data)}
+    assert registry.read_evaluation(store, ctx.layout, "level", result["version"]) == json.loads(data)
+
+
+def test_a_ref_from_before_evaluation_json_publishes_without_one(make_ctx, store):
+    """A run evaluated by the previous release and published by this one (an upgrade mid-run)."""
+    ctx, ref = make_ctx(), "level"
+    for stage in CHAIN[:7]:  # up to the gate
+        ref = stage(ctx, ref)
+    version = publishing.publish(ctx, {k: v for k, v in ref.items() if k != "evaluation"})["version"]
+    assert "evaluation" not in registry.read_manifest(store, ctx.layout, "level", version)
+    assert not store.exists(f"models/tiny/level/{version}/evaluation.json")
+    assert registry.read_evaluation(store, ctx.layout, "level", version) is None
 
 
 def test_manifest_records_run_data_model_and_usage(make_ctx, store):
@@ -256,6 +295,7 @@ def test_failed_validation_of_a_later_run_leaves_the_published_model_untouched(m
     assert (name, error.rule) == ("validate", "validation.max_value")
     assert published(snapshot()) == before
     assert set(before) == {
+        f"models/tiny/level/{version}/evaluation.json",
         f"models/tiny/level/{version}/manifest.json",
         f"models/tiny/level/{version}/model.pkl",
         f"models/tiny/level/{version}/profile.json",

@@ -68,13 +68,16 @@ def build_manifest(
     profile_sha256: str,
     usage: dict[str, Any],
     signing_key: bytes | None = None,
+    evaluation_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The manifest that vouches for a version: where it came from, its evidence, its checksums.
 
     ``run`` names the DAG run and its window (``dag_id``, ``run_id``, ``window_start``,
     ``window_end``); ``data`` what the model saw (``window``, ``rows``, ``fingerprint``,
     ``snapshot``); ``evidence`` the ``metrics`` and the gate's ``decision``. With a signing
-    key the artifact is signed; the result passes ``check_manifest`` or this raises.
+    key the artifact is signed; with ``evaluation_sha256`` the version's ``evaluation.json``
+    is recorded (optional: versions published before it existed have none). The result
+    passes ``check_manifest`` or this raises.
     """
     # One literal, longer than our usual function: the manifest's whole shape in one place.
     manifest: dict[str, Any] = {
@@ -95,6 +98,7 @@ def build_manifest(
         "decision": {k: v for k, v in evidence["decision"].items() if k != "champion_etag"},
         "artifact": {"file": "model.pkl", "sha256": sha256(model_bytes), "bytes": len(model_bytes)},
         "profile": {"file": "profile.json", "sha256": profile_sha256},
+        **({"evaluation": {"file": "evaluation.json", "sha256": evaluation_sha256}} if evaluation_sha256 else {}),
         "usage": usage,
         "libraries": library_versions(),
     }

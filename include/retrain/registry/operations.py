@@ -253,9 +253,13 @@ def check_version(target: Target, version: str, signing_key: bytes | None, load:
     except RetrainError as exc:
         return [str(exc)]
     checks = [("model.pkl", manifest["artifact"]["sha256"], "the pickle")]
-    profile = manifest.get("profile")
-    if isinstance(profile, dict) and profile.get("sha256"):
-        checks.append(("profile.json", str(profile["sha256"]), "the drift profile"))
+    for field, name, what in (
+        ("profile", "profile.json", "the drift profile"),
+        ("evaluation", "evaluation.json", "the test-window forecast"),
+    ):
+        recorded = manifest.get(field)  # optional: older versions lack them
+        if isinstance(recorded, dict) and recorded.get("sha256"):
+            checks.append((name, str(recorded["sha256"]), what))
     problems = [problem for check in checks if (problem := _file_problem(target, version, *check))]
     try:
         check_signature(manifest, signing_key, target.store.describe(target.version_file(version, "model.pkl")))

@@ -1,7 +1,7 @@
 """``publish`` and ``promote``: the registry's side of the chain, and the decision history.
 
 ``publish`` keeps every candidate that reached the gate as an immutable version (model,
-drift profile, manifest with the decision); ``promote`` moves ``champion.json`` when the
+drift profile, test-window forecast, manifest with the decision); ``promote`` moves ``champion.json`` when the
 gate (or a forced run) said so. Each writes one history row per run and series.
 """
 
@@ -39,6 +39,8 @@ def publish(ctx: StageContext, ref: Gated) -> Published:
         spec = ctx.spec
         _smoke_test(model_bytes, lambda m: models.forecast(m, spec.model, clean, 1, spec.frequency))
         profile = registry.to_json({"target": drift.profile(seen, spec.drift.transform, spec.drift.bins)})
+        evaluation = _evaluation(ctx, ref)
+        extra = {"profile.json": profile, **({registry.EVALUATION_FILE: evaluation} if evaluation else {})}
         manifest = registry.build_manifest(
             spec,
             series,
@@ -55,13 +57,24 @@ def publish(ctx: StageContext, ref: Gated) -> Published:
             profile_sha256=registry.sha256(profile),
             usage=_usage(spec, clean),
             signing_key=ctx.signing_key,
+            evaluation_sha256=registry.sha256(evaluation) if evaluation else None,
         )
-        result = registry.publish(ctx.store, ctx.layout, series, model_bytes, manifest, extra={"profile.json": profile})
+        result = registry.publish(ctx.store, ctx.layout, series, model_bytes, manifest, extra=extra)
         if not decision["promote"]:
             record(ctx, ref, version, decision)
         out = _published(ctx, ref, version, store_key=result["model"])
         out.update(bytes=len(model_bytes), latest_moved=result["latest_moved"])
         return out
+
+
+def _evaluation(ctx: StageContext, ref: Gated) -> bytes | None:
+    """``evaluate``'s ``evaluation.json``, to keep in the version beside the pickle.
+
+    None from a ref that ``evaluate`` wrote before the field existed (an upgrade between a
+    run's evaluate and its publish): that version is published without one.
+    """
+    key = ref.get("evaluation")
+    return ctx.store.read(key) if key else None
 
 
 def _final_model(ctx: StageContext, ref: Gated, clean: pd.Series) -> tuple[Any, pd.Series]:

@@ -72,6 +72,8 @@ class Evaluated(Trained):
 
     metrics: dict[str, Any]
     """Scores on the test window and, with folds, the walk-forward backtest (``metrics.json``)."""
+    evaluation: str
+    """Store key of ``evaluation.json``: the recent actuals with both test-window forecasts."""
 
 
 class Gated(Evaluated):

@@ -33,25 +33,33 @@ def train(ctx: StageContext, ref: Split) -> Trained:
 
 
 def evaluate(ctx: StageContext, ref: Trained) -> Evaluated:
-    """Score the candidate and the baseline on the test window (and the folds); keep ``metrics.json``."""
+    """Score the candidate and the baseline on the test window (and the folds).
+
+    Keeps ``metrics.json``, and ``evaluation.json`` (both forecasts beside the recent
+    actuals), which ``publish`` copies into the version for plotting.
+    """
     series = ref["series"]
     with ctx.about(series):
         spec, ev = ctx.spec, ctx.spec.evaluation
         train, test = ctx.get_series(ref["train"]), ctx.get_series(ref["test"])
+        whole = pd.concat([train, test])
         fitted = registry.verified_loads(ctx.store.read(ref["candidate"]), ref["candidate_sha256"], ref["candidate"])
         predicted = models.forecast(fitted, spec.model, train, len(test), spec.frequency)
+        naive = baseline(ctx)(train, test.index)
         metrics: dict[str, Any] = {
             "primary_metric": ev.primary_metric,
             "model": scoring.score(test, predicted, ev.metrics),
-            "baseline": scoring.score(test, baseline(ctx)(train, test.index), ev.metrics),
+            "baseline": scoring.score(test, naive, ev.metrics),
             "baseline_kind": ev.baseline,
             "horizon": len(test),
         }
         if ev.backtest_folds:
-            whole = pd.concat([train, test])
             metrics["backtest"] = walk_forward(ctx, whole, {"model": refitted(ctx), "baseline": baseline(ctx)})
         ctx.store.write(ctx.key(series, "metrics.json"), registry.to_json(metrics))
-        return Evaluated(**ref, metrics=metrics)
+        evaluation = ctx.key(series, registry.EVALUATION_FILE)
+        plot = registry.dump_evaluation(spec.frequency, ev.primary_metric, whole, predicted, naive)
+        ctx.store.write(evaluation, plot)
+        return Evaluated(**ref, metrics=metrics, evaluation=evaluation)
 
 
 def walk_forward(ctx: StageContext, series: pd.Series, forecasters: dict[str, Forecaster]) -> dict[str, Any]:
