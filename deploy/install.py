@@ -247,6 +247,9 @@ def deploy() -> int:
             raise ServiceError(f"airflow db migrate failed:\n{migrated.stderr[-2000:]}")
     report.step("metadata database schema", not current)
     report.step("UI/API user admin", ensure_admin(profile, profile.service_user))
+    granted = services.grant_plugin_menu(profile, user=profile.service_user)  # FAB gives only Op and Admin
+    detail = f"Plugins: can_read for {', '.join(granted)}" if granted else ""
+    report.step("plugin menu for roles Viewer and User", granted, detail)
     start_services(report.changed)
     print(f"[deploy] {'changed: ' + '; '.join(report.changed) if report.changed else 'nothing changed'}")
     return 0

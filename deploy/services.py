@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -214,6 +215,24 @@ def create_admin(profile: Profile, password: str, user: str | None = None) -> No
     )
     if created.returncode:
         raise ServiceError(f"airflow users create failed: {created.stderr.strip()[-500:]}")
+
+
+# With the FAB auth manager only Op and Admin may read the plugin list (GET /api/v2/plugins)
+# that the UI builds its navigation from: Viewer and User (who may trigger DAGs) would not see
+# a plugin's menu entry, such as the Models page, without can_read on Plugins.
+PLUGIN_MENU_ROLES = ("Viewer", "User")
+
+
+def grant_plugin_menu(profile: Profile, user: str | None = None) -> list[str]:
+    """Give Viewer and User ``can_read`` on ``Plugins``; return the roles that lacked it.
+
+    ``airflow roles add-perms`` adds only what a role lacks, so a second call changes nothing.
+    """
+    command = ("roles", "add-perms", *PLUGIN_MENU_ROLES, "--resource", "Plugins", "--action", "can_read")
+    added = airflow(profile, *command, user=user)
+    if added.returncode:  # a missing role or resource is reported on stdout
+        raise ServiceError(f"airflow roles add-perms failed: {(added.stdout + added.stderr).strip()[-500:]}")
+    return [line.rsplit(" ", 1)[-1] for line in added.stdout.splitlines() if re.match(r"Added .+ to role \S+$", line)]
 
 
 def new_password() -> str:

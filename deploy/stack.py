@@ -45,8 +45,9 @@ def free_port() -> int:
 def isolated_env(state: Path, database: str, bucket: str, dags: Path, pipelines: Path) -> dict[str, str]:
     """The environment of a stack that shares nothing with ``make run``'s (tests, benchmark).
 
-    Its own state directory, metadata database, bucket, DAGs and free ports; the caller's
-    AIRFLOW_* and RETRAIN_* variables are left out so they cannot leak into it.
+    Its own state directory, metadata database and role (named like the database), bucket,
+    DAGs and free ports; the caller's AIRFLOW_* and RETRAIN_* variables are left out so
+    they cannot leak into it. Two stacks with different databases can run side by side.
     """
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETRAIN_"))}
     ports = ("API", "LOG_SERVER", "SCHEDULER_HEALTH", "TRIGGERER_LOG", "S3")
@@ -55,6 +56,7 @@ def isolated_env(state: Path, database: str, bucket: str, dags: Path, pipelines:
         **{f"RETRAIN_{name}_PORT": str(free_port()) for name in ports},
         "RETRAIN_STACK_DIR": str(state),
         "RETRAIN_PG_DB": database,
+        "RETRAIN_PG_USER": database,
         "RETRAIN_BUCKET": bucket,
         "RETRAIN_DAGS_DIR": str(dags),
         "RETRAIN_PIPELINES_DIR": str(pipelines),
@@ -123,6 +125,15 @@ def ensure_admin(profile: Profile) -> None:
         say(f"created UI user admin (password in {path}, mode 0600)")
 
 
+def ensure_plugin_menu(profile: Profile) -> None:
+    """Viewers and Users see the plugins' menu entries (the Models page): FAB gives only Op and Admin."""
+    granted = services.grant_plugin_menu(profile)
+    if granted:
+        say(f"granted role(s) {', '.join(granted)} can_read on Plugins: they see the plugin menu (Models page)")
+    else:
+        say(f"roles {' and '.join(services.PLUGIN_MENU_ROLES)} already read the plugin menu (Plugins: can_read)")
+
+
 def check_ports(profile: Profile, env: dict[str, str]) -> None:
     """Fail before starting anything when another program holds one of our ports."""
     ports = {
@@ -152,6 +163,7 @@ def up(reset_db: bool = False) -> None:
     say("migrating the metadata database (the airflow-migrate unit)")
     services.run_unit_once(profile, "airflow-migrate.service")
     ensure_admin(profile)
+    ensure_plugin_menu(profile)
     with ThreadPoolExecutor(len(AIRFLOW_PROCESSES)) as pool:  # each waits on its ExecStartPre check
         pids = dict(
             zip(AIRFLOW_PROCESSES, pool.map(lambda n: services.start(profile, n), AIRFLOW_PROCESSES), strict=True)
@@ -159,7 +171,10 @@ def up(reset_db: bool = False) -> None:
     for name, pid in pids.items():
         say(f"{name}: pid {pid} (log {services.log_file(profile, name)})")
     services.wait_healthy(profile, env)
-    say(f"Airflow is healthy: UI and REST API on http://{env['RETRAIN_API_HOST']}:{env['RETRAIN_API_PORT']}")
+    base = f"http://{env['RETRAIN_API_HOST']}:{env['RETRAIN_API_PORT']}"
+    say(f"Airflow is healthy: UI and REST API on {base}")
+    # The models plugin's navigation entry (url_route "models"); its FastAPI app is mounted at /models/.
+    say(f"Models page: {base}/plugin/models")
 
 
 def down() -> None:

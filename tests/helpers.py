@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 from deploy.postgres import ensure_server
 from deploy.stack import free_port
 
-__all__ = ["BUNDLE", "ensure_database", "ensure_postgres", "free_port", "wait_for_port"]
+__all__ = ["BUNDLE", "ensure_database", "ensure_postgres", "free_port", "role_permissions", "wait_for_port"]
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
@@ -42,3 +43,17 @@ def ensure_database(name: str) -> str:
     if exists.stdout.strip() != "1":
         subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True)
     return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def role_permissions(output: str) -> dict[str, set[tuple[str, str]]]:
+    """Each role's (resource, action) pairs from ``airflow roles list -p -o json``'s output.
+
+    The JSON is the last line that starts a list: the CLI may log a warning before it.
+    """
+    rows = [line for line in output.splitlines() if line.startswith(("[{", "[]"))]
+    assert rows, f"no JSON in: {output[-1000:]}"
+    granted: dict[str, set[tuple[str, str]]] = {}
+    for row in json.loads(rows[-1]):
+        for action in row["action"].split(","):
+            granted.setdefault(row["name"], set()).add((row["resource"], action.strip()))
+    return granted

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,25 @@ from include.retrain.spec import PipelineSpec, load_spec, spec_names, valid_spec
 from include.retrain_airflow.store import S3Store, open_store
 
 TERMINAL = {"success", "failed"}
+
+# Airflow's loggers that print INFO lines into the CLIs' output when they open the model
+# store: the Amazon provider's connection wrapper ("AWS Connection (conn_id='aws_default', ...)
+# credentials retrieved from login and password.") and every hook's logger under
+# airflow.task.hooks (S3Hook: 'Bucket "retrain-models" does not exist').
+QUIET_LOGGERS = ("airflow.providers.amazon", "airflow.task.hooks")
+
+
+def quiet_airflow_info(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep those loggers to warnings and errors in this process: the CLIs print their own lines.
+
+    Goes through Airflow's ``[logging] namespace_levels``, read once when ``airflow`` is first
+    imported (that configures structlog): call it before anything imports Airflow, as the
+    CLIs' ``__main__`` does. Levels already in ``AIRFLOW__LOGGING__NAMESPACE_LEVELS`` come
+    after ours, so an operator's choice wins.
+    """
+    key = "AIRFLOW__LOGGING__NAMESPACE_LEVELS"
+    ours = " ".join(f"{name}=WARNING" for name in QUIET_LOGGERS)
+    environ[key] = f"{ours} {environ.get(key, '')}".strip()
 
 
 class Api:
@@ -177,6 +197,8 @@ def run_all(timeout: float) -> int:
     password_file = Path(env["RETRAIN_STATE_DIR"], "admin-password")
     print(f"\nNext:\n  UI:      http://{host}:{port}  (user admin, password in {password_file})")
     print("  models:  make models\n  status:  make status\n  stop:    make down")
+    # The models plugin's navigation entry (url_route "models"), as deploy/stack.py's up prints it.
+    print(f"\nModels page: http://{host}:{port}/plugin/models")
     return 1 if failed else 0
 
 
@@ -199,4 +221,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_airflow_info()
     sys.exit(main())

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
 
 from include.retrain.settings import Settings
@@ -43,9 +44,12 @@ def _doc(spec: PipelineSpec, path: str) -> str:
         f"- **Spec:** `{path}`\n- **Source:** `{spec.source.kind}`\n- **Series:** {series}\n"
         f"- **Model:** `{spec.model.kind}`\n- **Schedule:** `{spec.schedule}` ({spec.timezone}); each run trains on "
         "data up to the end of its data interval\n\n"
-        "Per series: extract → validate → preprocess → split → train → evaluate → gate → publish → promote. "
+        "Per series: extract → validate → preprocess → split → train → evaluate → gate → publish → promote; "
+        "then `finish`, one unmapped no-op (it carries the DAG's owner; the scheduler marks it done without "
+        "starting a process). "
         "Every candidate is kept under `<store>/<store_prefix>/<pipeline>/<series>/<version>/` with `model.pkl`, "
-        "`profile.json` and `manifest.json` (its metrics and the gate's decision); `champion.json` moves only when "
+        "`profile.json`, `evaluation.json` (its test-window forecast) and `manifest.json` (its metrics and the gate's "
+        "decision); `champion.json` moves only when "
         f"the candidate beats the champion (margin {spec.promotion.margin:.1%} on `{spec.evaluation.primary_metric}`)"
         f" and the naive baseline. Drift: `{spec.drift.action}`. The `promote` task is skipped when the gate keeps "
         "the champion; when it runs it emits an asset event that triggers `batch_predict`.\n\n"
@@ -92,8 +96,27 @@ def stage_task(spec: PipelineSpec, task_id: str, pick: Pick, returns: type, doc:
     return task(task_id=task_id, map_index_template="{{ series }}", multiple_outputs=False, **kwargs)(run_stage)
 
 
+FINISH = "finish"
+FINISH_DOC = """No-op after the whole chain: the one unmapped task, so the DAG's owner reaches the UI and API.
+
+Airflow 3.3 computes ``DagModel.owners`` from the serialized tasks' own ``owner``
+(``LazyDeserializedDAG.owner`` in ``airflow/serialization/serialized_objects.py``, written by
+``DagModelOperation.update_dags`` in ``airflow/dag_processing/collection.py``); a mapped task
+keeps its owner inside ``partial_kwargs``, so a DAG of mapped tasks only shows
+``[operators] default_owner`` (``airflow``). An ``EmptyOperator`` without callbacks,
+outlets or inlets is set to success by the scheduler without a task process
+(``TaskInstance.is_task_schedulable``). Default trigger rule: a failed series makes it
+``upstream_failed`` (the run fails), a skipped ``promote`` makes it skipped (the run succeeds).
+"""
+
+
+def finish_task() -> EmptyOperator:
+    """The unmapped no-op that ends the chain: see ``FINISH_DOC``."""
+    return EmptyOperator(task_id=FINISH, doc_md=FINISH_DOC)
+
+
 def build_retrain_dag(name: str) -> DAG:
-    """The DAG of one spec: its schedule, params and policy, then the chain of ``STAGES``."""
+    """The DAG of one spec: its schedule, params and policy, the chain of ``STAGES``, then ``finish``."""
     settings = Settings.from_env(os.environ)
     path = settings.pipelines_dir / f"{name}.yaml"
     spec = load_spec(path)
@@ -128,4 +151,5 @@ def build_retrain_dag(name: str) -> DAG:
         for task_id, pick, returns, doc in STAGES:
             step = stage_task(spec, task_id, pick, returns, doc, **(announce if task_id == "promote" else {}))
             refs = step.expand(item=refs)
+        refs >> finish_task()
     return dag

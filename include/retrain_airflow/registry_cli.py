@@ -41,6 +41,7 @@ from include.retrain.registry.operations import Change
 from include.retrain.registry.targets import Target
 from include.retrain.settings import Settings
 from include.retrain_airflow import history as airflow_history
+from include.retrain_airflow.cli import quiet_airflow_info
 from include.retrain_airflow.store import open_store
 
 
@@ -250,4 +251,5 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
 
 if __name__ == "__main__":
+    quiet_airflow_info()
     sys.exit(main())

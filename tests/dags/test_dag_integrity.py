@@ -16,14 +16,19 @@ from typing import Any, NotRequired
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.models.taskinstance import TaskInstance
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Asset, CronDataIntervalTimetable
+from airflow.serialization.serialized_objects import DagSerialization, LazyDeserializedDAG
 
 from include.retrain.spec import load_spec, spec_names
 from include.retrain.stages import refs
+from include.retrain_airflow.factory import FINISH
 
 BUNDLE = Path(__file__).resolve().parents[2]
 PIPELINES = BUNDLE / "include" / "pipelines"
 CHAIN = ["extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote"]
+SERIALIZED_OWNERS = {"batch_predict": "ml-platform"}  # the retrain DAGs: their spec's owner
 HEAVY = ("pandas", "numpy", "sklearn", "statsmodels", "boto3", "botocore", "pyarrow", "scipy")
 
 
@@ -62,10 +67,40 @@ def test_dag_policy(dagbag: DagBag, name: str) -> None:
 @pytest.mark.parametrize("name", spec_names(PIPELINES))
 def test_chain_is_mapped_per_series(dagbag: DagBag, name: str) -> None:
     dag = dagbag.dags[f"retrain_{name}"]
-    assert [t.task_id for t in dag.topological_sort()] == CHAIN
-    for upstream, downstream in itertools.pairwise(CHAIN):
+    assert [t.task_id for t in dag.topological_sort()] == [*CHAIN, FINISH]
+    for upstream, downstream in itertools.pairwise([*CHAIN, FINISH]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
-    assert all(t.is_mapped for t in dag.tasks), "each stage fans out per series"
+    assert all(dag.get_task(t).is_mapped for t in CHAIN), "each stage fans out per series"
+
+
+def _serialized(dag: Any) -> LazyDeserializedDAG:
+    """The DAG as the dag-processor hands it to the metadata database (``dag_processing/processor.py``)."""
+    return LazyDeserializedDAG(data=DagSerialization.to_dict(dag))
+
+
+@pytest.mark.parametrize("dag_id", ["batch_predict", *(f"retrain_{n}" for n in spec_names(PIPELINES))])
+def test_serialized_dag_carries_its_owner(dagbag: DagBag, dag_id: str) -> None:
+    """The UI and REST API show ``DagModel.owners``, which the dag-processor sets to the
+    serialized DAG's ``owner`` or else ``[operators] default_owner`` ("airflow"). That owner
+    is read from unmapped tasks only: a DAG of mapped tasks alone would show "airflow"."""
+    name = dag_id.removeprefix("retrain_")
+    expected = SERIALIZED_OWNERS.get(dag_id) or load_spec(PIPELINES / f"{name}.yaml").owner
+    assert _serialized(dagbag.dags[dag_id]).owner == expected
+
+
+@pytest.mark.parametrize("name", spec_names(PIPELINES))
+def test_finish_costs_no_task_process_and_keeps_the_run_state(dagbag: DagBag, name: str) -> None:
+    """``finish`` exists for the owner only: the scheduler marks it done without starting a
+    process (no callbacks, outlets or inlets), and its default trigger rule passes a failed
+    series on as a failed run and a skipped ``promote`` on as a successful one."""
+    dag = dagbag.dags[f"retrain_{name}"]
+    finish = dag.get_task(FINISH)
+    assert type(finish) is EmptyOperator and not finish.is_mapped
+    assert dag.leaves == [finish], "the run's state is finish's state"
+    assert finish.trigger_rule == "all_success"
+    assert not (finish.outlets or finish.inlets or finish.on_execute_callback or finish.on_success_callback)
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dag)).get_task(FINISH)
+    assert TaskInstance.is_task_schedulable(scheduled) is False, "the scheduler would start a process for it"
 
 
 def test_promotion_params_appear_in_the_trigger_form(dagbag: DagBag) -> None:
@@ -94,7 +129,7 @@ def field_types(annotation: Any) -> set[Any]:
 def test_every_task_returns_one_small_typed_xcom(dagbag: DagBag, name: str) -> None:
     """XCom carries keys and small facts: a typed ref per task, one XCom (not one per key), no frames."""
     dag = dagbag.dags[f"retrain_{name}"]
-    for task in dag.tasks:
+    for task in (dag.get_task(task_id) for task_id in CHAIN):  # finish returns nothing
         assert task.multiple_outputs is False, f"{task.task_id} would push one XCom per key"
         returned = typing.get_type_hints(task.python_callable)["return"]
         assert typing.is_typeddict(returned) and returned.__module__ == refs.__name__, task.task_id

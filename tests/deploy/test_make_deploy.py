@@ -26,7 +26,7 @@ from deploy.envfile import SECRET_KEYS, read_env_file
 from deploy.install import systemd_running
 from deploy.profile import vm_profile
 from deploy.services import health, wait_until
-from tests.helpers import BUNDLE, free_port
+from tests.helpers import BUNDLE, free_port, role_permissions
 
 pytestmark = [
     pytest.mark.deploy,
@@ -180,6 +180,21 @@ def test_operator_cli_runs_as_the_service_user(deployment: Deployment) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"username": "admin"' in done.stdout
+
+
+def test_viewers_and_users_may_read_the_plugin_menu(deployment: Deployment) -> None:
+    """With FAB only Op and Admin may read the plugin list the UI's menu comes from: deploy grants the rest."""
+    root, first = deployment.root, deployment.first
+    assert "[deploy] changed plugin menu for roles Viewer and User (Plugins: can_read for Viewer, User)" in first.stdout
+    done = subprocess.run(
+        [str(root / "opt" / "bin" / "airflow-retrain"), "roles", "list", "-p", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    granted = role_permissions(done.stdout)
+    assert all(("Plugins", "can_read") in granted[role] for role in ("Viewer", "User")), granted
 
 
 @pytest.fixture

@@ -69,6 +69,10 @@ def test_make_run_job_publishes_every_pipeline(stack: Stack, run_all: RunAll) ->
     assert done.returncode == 0, done.stderr[-2000:]
     assert "retrain_co2_weekly=success" in done.stdout and "retrain_us_macro=success" in done.stdout
     assert "not running retrain_stocks_daily: it needs Airflow connection 'tiingo_default'" in done.stdout
+    for stream in (done.stdout, done.stderr):  # the S3 hook's INFO logs once landed in the table
+        assert "credentials retrieved" not in stream and "[info" not in stream, stream
+    models_page = f"Models page: http://{stack.env['RETRAIN_API_HOST']}:{stack.env['RETRAIN_API_PORT']}/plugin/models"
+    assert done.stdout.rstrip().splitlines()[-1] == models_page
     for pipeline, series_names in SHIPPED.items():
         for series in series_names:
             pointer = _latest(stack, pipeline, series)
@@ -121,7 +125,7 @@ def test_rerun_of_a_published_run_skips_and_changes_nothing(stack: Stack) -> Non
     assert states[dag_id] == "success", failed_tasks(stack.api, dag_id, run_id)
     tasks = _task_states(stack, dag_id, run_id)
     assert tasks["extract"] == ("skipped", 2)
-    downstream = ("validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote")
+    downstream = ("validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote", "finish")
     assert {tasks[t][0] for t in downstream} == {"skipped"}
     assert stack.keys(f"models/co2_weekly/co2/{pointer['version']}/") == before
     assert _latest(stack, "co2_weekly", "co2") == pointer
@@ -146,6 +150,7 @@ def test_bad_data_fails_validate_at_once_and_keeps_the_published_model(stack: St
     assert tasks["extract"][0] == "success"
     assert tasks["validate"] == ("failed", 1), "bad data is not worth a retry"
     assert {tasks[t][0] for t in ("preprocess", "split", "train", "evaluate", "publish")} == {"upstream_failed"}
+    assert tasks["finish"][0] == "upstream_failed", "a failed series fails the run (finish is its leaf)"
     log = stack.api.call(
         "GET",
         f"/dags/retrain_flaky/dagRuns/{run_id}/taskInstances/validate/logs/1",
@@ -259,6 +264,9 @@ def test_backfill_shows_a_sequence_of_versions_with_their_decisions(stack: Stack
             break
         time.sleep(3)
     assert states == ["success"] * 3, states
+    for run in runs["dag_runs"]:  # the gate kept the champion: promote and finish skipped, the run a success
+        tasks = _task_states(stack, dag_id, run["dag_run_id"])
+        assert tasks["promote"][0] == tasks["finish"][0] == "skipped", tasks
     listing = stack.run(sys.executable, "-m", "include.retrain_airflow.registry_cli", "list", "us_macro", "unemp")
     print(listing.stdout)
     assert listing.returncode == 0, listing.stderr
