@@ -69,9 +69,10 @@ registry: $(INSTALLED)
 config: $(INSTALLED)
 	@$(STACK) config
 
-## Run every test in random order (replay the last: ARGS=--randomly-seed=last); starts PostgreSQL, S3, Airflow
+## Run every test in random order (replay the last: ARGS=--randomly-seed=last); starts PostgreSQL, S3, Airflow; installs Chromium when missing
 .PHONY: test
 test: $(INSTALLED)
+	@tests/browser/ensure-chromium.sh
 	@$(PY) -m pytest $(ARGS)
 
 ## The quick loop (under 2 minutes): all but the live-stack (marker e2e) and make deploy (marker deploy) tests

@@ -1,6 +1,6 @@
 """make bench: what Airflow costs on top of the work it orchestrates, measured side by side.
 
-Sections (all by default; pick some with --only parse,artifacts,runs,memory):
+Sections (all by default; pick some with --only parse,artifacts,runs,memory,models-page):
 
   parse      parse time of dags/, cold and warm, against one empty DAG
   artifacts  published artifact size against series length (statsmodels and scikit-learn)
@@ -10,6 +10,9 @@ Sections (all by default; pick some with --only parse,artifacts,runs,memory):
              of a synthetic co2_weekly-like pipeline; wall time against series count
   memory     the idle stack's PSS per process with the task preload on and off (Airflow's
              defaults: fork, idle sleep 1 s), and the idle scheduler's CPU under each
+  models-page  the Models page's overview, series page and plots, cold and warm, on a registry of
+             3 pipelines x 10 series x 50 versions (benchmarks/models_page.py: an S3 endpoint and
+             a history database of its own, no stack)
 
 It starts a stack of its own the way `make run` does (state in .stack-bench/, database
 airflow_retrain_bench recreated, free ports), stops it and deletes its state at the end,
@@ -40,14 +43,14 @@ from typing import Any
 BUNDLE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BUNDLE))
 
-from benchmarks import memory, synthetic  # noqa: E402
+from benchmarks import memory, models_page, synthetic  # noqa: E402
 from benchmarks.parse_time import parse_times  # noqa: E402
 from deploy import preload, services  # noqa: E402
 from deploy.envfile import read_env_file  # noqa: E402
 from deploy.profile import local_profile  # noqa: E402
 from deploy.stack import isolated_env  # noqa: E402
 
-SECTIONS = ("parse", "artifacts", "runs", "memory")
+SECTIONS = ("parse", "artifacts", "runs", "memory", "models-page")
 STAGES = ("extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote")
 # Airflow's own defaults for what the shipped config changes: the "preload off" side.
 CONFIGS = {
@@ -187,6 +190,8 @@ def timings(stack: Stack, dag_id: str, run_id: str) -> dict:
     )
     tasks = []
     for task_id, map_index, start, end, attempt in rows:
+        if task_id not in STAGES:  # finish: set to success by the scheduler, no task process to measure
+            continue
         work = stage_seconds(stack, dag_id, run_id, task_id, map_index, attempt)
         duration = (end - start).total_seconds()
         tasks.append(
@@ -449,6 +454,8 @@ def table(results: dict) -> str:
                     f"{run['wall_s']:.1f}s {run['overhead_p50_s']:.2f}/{run['overhead_p95_s']:.2f} "
                     f"{run['gap_p95_s']:.2f}",
                 )
+    if "models_page" in results:
+        out.append(f"7. {models_page.table(results['models_page'])}")
     return "\n".join(out)
 
 
@@ -495,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["runs"] = runs_section(stack, series_counts)
             if "memory" in only:
                 results["memory"] = memory_section(stack, args.config)
+    if "models-page" in only:
+        say("the Models page on 3 x 10 x 50 versions (benchmarks/models_page.py)")
+        results["models_page"] = models_page.measure()
     results["bench_seconds"] = time.monotonic() - started
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -511,6 +521,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BenchError as exc:
+    except (BenchError, models_page.BenchError) as exc:
         print(f"[bench] ERROR: {exc}", file=sys.stderr)
         sys.exit(1)

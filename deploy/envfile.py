@@ -74,6 +74,8 @@ def settings(profile: Profile, overrides: dict[str, str]) -> dict[str, str]:
         "PYTHONPATH": str(profile.bundle_dir),
         "RETRAIN_BUNDLE_DIR": str(profile.bundle_dir),
         "RETRAIN_STATE_DIR": str(profile.state_dir),
+        # matplotlib's font cache (the Models page's plots): the services' home is not writable.
+        "MPLCONFIGDIR": str(profile.state_dir / "matplotlib"),
         "RETRAIN_DAGS_DIR": str(profile.bundle_dir / "dags"),
         "RETRAIN_PIPELINES_DIR": str(profile.bundle_dir / "include" / "pipelines"),
         "RETRAIN_API_HOST": "127.0.0.1",

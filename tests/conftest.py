@@ -17,6 +17,8 @@ from tests.helpers import free_port, wait_for_port
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="retrain-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
+pytest_plugins = ["tests.registry_fixtures"]  # a published registry: publish, reg, history_db
+
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:

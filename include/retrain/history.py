@@ -309,3 +309,26 @@ def forecasts(conn: Any, pipeline: str, series: str, run_id: str | None = None) 
         clause, params = " AND run_id = %s", [*params, run_id]
     query = f"SELECT * FROM {FORECASTS_TABLE} WHERE pipeline = %s AND series = %s{clause} ORDER BY run_id, step"
     return select(conn, FORECASTS_TABLE, query, params, fix="read the SQL error; the query takes no user SQL")
+
+
+# -- what the Models page reads ----------------------------------------------------------------
+
+
+def newest_decisions(conn: Any) -> list[dict[str, Any]]:
+    """The newest decision of every series: one query, whatever the table's size (index-ordered)."""
+    query = (
+        f"SELECT DISTINCT ON (pipeline, series) * FROM {DECISIONS_TABLE} "
+        "ORDER BY pipeline, series, recorded_at DESC, id DESC"
+    )
+    return select(conn, DECISIONS_TABLE, query, [], fix="read the SQL error; the query takes no user SQL")
+
+
+def latest_forecast(conn: Any, pipeline: str, series: str) -> list[dict[str, Any]]:
+    """The forecast of the newest ``batch_predict`` run for one series, by step (empty: none yet)."""
+    query = (
+        f"SELECT * FROM {FORECASTS_TABLE} WHERE pipeline = %s AND series = %s AND run_id = ("
+        f"SELECT run_id FROM {FORECASTS_TABLE} WHERE pipeline = %s AND series = %s "
+        "ORDER BY written_at DESC, run_id DESC LIMIT 1) ORDER BY step"
+    )
+    params = [pipeline, series, pipeline, series]
+    return select(conn, FORECASTS_TABLE, query, params, fix="read the SQL error; the query takes no user SQL")

@@ -196,9 +196,9 @@ def run_all(timeout: float) -> int:
     host, port = env["RETRAIN_API_HOST"], env["RETRAIN_API_PORT"]
     password_file = Path(env["RETRAIN_STATE_DIR"], "admin-password")
     print(f"\nNext:\n  UI:      http://{host}:{port}  (user admin, password in {password_file})")
+    # The Models plugin's navigation entry (url_route "models"), as deploy/stack.py's up prints it.
+    print(f"  Models:  http://{host}:{port}/plugin/models  (champions, versions, decisions, plots)")
     print("  models:  make models\n  status:  make status\n  stop:    make down")
-    # The models plugin's navigation entry (url_route "models"), as deploy/stack.py's up prints it.
-    print(f"\nModels page: http://{host}:{port}/plugin/models")
     return 1 if failed else 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from include.retrain.errors import StoreError
 from include.retrain.settings import Settings, parse_store_uri
@@ -29,12 +29,13 @@ PERMANENT_CODES = {
 
 
 class S3Store:
-    def __init__(self, bucket: str, conn_id: str) -> None:
+    def __init__(self, bucket: str, conn_id: str, client_config: dict[str, Any] | None = None) -> None:
+        """``client_config``: botocore client settings (timeouts, retries) over the connection's."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         self.bucket = bucket
         self.conn_id = conn_id
-        self.hook = S3Hook(aws_conn_id=conn_id)
+        self.hook = S3Hook(aws_conn_id=conn_id, config=client_config)
 
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -123,9 +124,9 @@ class S3Store:
         return True
 
 
-def open_store(settings: Settings) -> tuple[Store, str]:
+def open_store(settings: Settings, client_config: dict[str, Any] | None = None) -> tuple[Store, str]:
     """The store named by the model-store URI, and the key root inside it."""
     location = parse_store_uri(settings.model_store)
     if location.scheme == "s3":
-        return S3Store(location.bucket, settings.aws_conn_id), location.root
+        return S3Store(location.bucket, settings.aws_conn_id, client_config), location.root
     return FileStore(Path(location.root)), ""

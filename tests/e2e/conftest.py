@@ -9,15 +9,23 @@ test-only DAGs of tests/e2e/dags/.
 Tests run in random order (pytest-randomly), so none may count on another having run:
 a test that needs published models or unpaused pipelines asks for ``run_all``, which
 runs ``make run``'s job once for the whole session, whichever test asks first.
+
+Browser tests (Selenium driving Debian's headless Chromium, offline) get a new browser per
+test from ``browser``, the UI users ``admin_user`` and ``viewer_user``, ``login`` and
+``open_nav_entry``; ``screenshot`` keeps PNGs in test-artifacts/screenshots/ (or
+$RETRAIN_TEST_ARTIFACTS/screenshots/), and a failed browser test leaves one there too.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +33,15 @@ import boto3
 import numpy as np
 import pandas as pd
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
+from deploy import postgres
 from deploy.envfile import read_env_file
 from deploy.profile import Profile, local_profile
 from deploy.stack import isolated_env
@@ -127,7 +143,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         csv = state / "data" / f"{name}.csv"
         write_flaky_csv(csv)
         (pipelines / f"{name}.yaml").write_text(TEST_SPEC.format(name=name, csv=csv, **fields))
-    env = isolated_env(state, "airflow_retrain_test", "retrain-test-models", dags, pipelines)
+    # Named per session: two test sessions on one machine (CI and a developer) never share a database.
+    database = f"airflow_retrain_test_{os.getpid()}"
+    env = isolated_env(state, database, "retrain-test-models", dags, pipelines)
     command = [sys.executable, str(BUNDLE / "deploy" / "stack.py")]
     try:
         subprocess.run([*command, "up", "--reset-db"], env=env, check=True, timeout=600)
@@ -140,9 +158,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(env={**env, **file_env}, api=api, state=state)
     finally:
         subprocess.run([*command, "down"], env=env, timeout=120)
+        drop_database(state, database)
         logs = state / "logs"
         if logs.exists():
             print(f"stack logs kept in {logs}")
+
+
+def drop_database(state: Path, database: str) -> None:
+    """The session's metadata database and role go with it (the stack is down)."""
+    if not (state / "airflow.env").exists():
+        return
+    admin = postgres.ensure_server(read_env_file(state / "airflow.env"), lambda _: None)
+    admin.run(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    admin.run(f'DROP ROLE IF EXISTS "{database}"')
 
 
 @dataclass(frozen=True)
@@ -165,3 +193,152 @@ def run_all(stack: Stack) -> RunAll:
     seconds = time.monotonic() - started
     print(done.stdout[-3000:], done.stderr[-3000:], f"run-all took {seconds:.1f}s")
     return RunAll(done=done, seconds=seconds)
+
+
+# -- browser tests: Selenium driving Debian's headless Chromium, offline ----------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+ENSURE_CHROMIUM = "tests/browser/ensure-chromium.sh"  # make test runs it; it installs both
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # tests may run as root
+    "--disable-gpu",
+    # This machine's network is closed: without these Chromium keeps dialling Google's hosts.
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+)
+WAIT = 30  # seconds for a page, a frame or an element; the api-server renders plots on first request
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@dataclass(frozen=True)
+class UiUser:
+    """A login of the live stack's UI."""
+
+    name: str
+    password: str
+
+
+def screenshot_dir() -> Path:
+    """Where browser tests keep their PNGs: $RETRAIN_TEST_ARTIFACTS/screenshots, else test-artifacts/screenshots."""
+    root = os.environ.get("RETRAIN_TEST_ARTIFACTS") or BUNDLE / "test-artifacts"
+    return Path(root) / "screenshots"
+
+
+def save_screenshot(browser: WebDriver, node: pytest.Item, label: str) -> Path:
+    """``<test name>--<label>.png``: the whole window, whichever frame the test is in."""
+    path = screenshot_dir() / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', node.name)}--{label}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not browser.save_screenshot(str(path)):
+        raise RuntimeError(f"Chromium could not take the screenshot {path}")
+    return path
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the test, so ``browser`` knows at teardown whether the test failed."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WebDriver]:
+    """A new headless Chromium for each test (own empty profile), quit afterwards.
+
+    Selenium is given the driver's path, so it never tries to download one. A failed test
+    leaves a screenshot of what the browser showed at the end.
+    """
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} missing: run {ENSURE_CHROMIUM} (make test runs it), then retry")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    service = Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        reports = request.node.stash.get(_REPORTS, {})
+        if any(report.failed for report in reports.values()):
+            try:
+                print(f"screenshot of the failure: {save_screenshot(driver, request.node, 'failed')}")
+            except Exception as exc:  # a dead browser must not hide the test's own error
+                print(f"no screenshot of the failure: {exc}")
+        driver.quit()
+
+
+@pytest.fixture
+def screenshot(browser: WebDriver, request: pytest.FixtureRequest) -> Callable[[str], Path]:
+    """``screenshot("overview")`` saves the browser's window as a test artifact; returns the path."""
+    return lambda label: save_screenshot(browser, request.node, label)
+
+
+@pytest.fixture(scope="session")
+def ui_url(stack: Stack) -> str:
+    return f"http://{stack.env['RETRAIN_API_HOST']}:{stack.env['RETRAIN_API_PORT']}"
+
+
+@pytest.fixture(scope="session")
+def admin_user(stack: Stack) -> UiUser:
+    """The stack's own admin (``make up`` creates it)."""
+    return UiUser("admin", (stack.state / "admin-password").read_text().strip())
+
+
+@pytest.fixture(scope="session")
+def viewer_user(stack: Stack) -> UiUser:
+    """A user with FAB's Viewer role and a random password, created once for the session.
+
+    Only the user is created: whatever else a Viewer needs (the Plugins permission of the
+    Models page) must come from the stack itself, as it would on a real deployment.
+    """
+    user = UiUser("viewer", secrets.token_urlsafe(15))
+    done = stack.run(
+        "airflow", "users", "create", "--role", "Viewer", "--username", user.name, "--password", user.password,
+        "--email", "viewer@localhost", "--firstname", "Read", "--lastname", "Only",
+    )  # fmt: skip
+    assert done.returncode == 0, f"airflow users create failed: {done.stderr[-2000:]}"
+    return user
+
+
+def wait(browser: WebDriver, seconds: float = WAIT) -> WebDriverWait:
+    return WebDriverWait(browser, seconds)
+
+
+def login(browser: WebDriver, base_url: str, user: str, password: str) -> None:
+    """Sign in through the UI's login form (FAB), as a person would; it sets the ``_token`` cookie."""
+    browser.get(f"{base_url}/auth/login/")
+    form = wait(browser).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "form[name=login]")))
+    form.find_element(By.NAME, "username").send_keys(user)
+    form.find_element(By.NAME, "password").send_keys(password)
+    form.find_element(By.CSS_SELECTOR, "[type=submit]").click()
+    try:
+        wait(browser).until(lambda b: b.get_cookie("_token") and "/auth/login" not in b.current_url)
+    except TimeoutException:
+        shown = browser.find_element(By.TAG_NAME, "body").text[:500]
+        raise AssertionError(f"login as {user} failed; the page says: {shown}") from None
+
+
+def open_nav_entry(browser: WebDriver, name: str) -> None:
+    """Click the UI navigation's entry ``name``: a button of its own in the side bar or, for a
+    plugin view without ``nav_top_level``, an item of the Plugins menu."""
+    sidebar = "//*[@data-testid='nav-sidebar']"
+    label = f"(@aria-label='{name}' or normalize-space()='{name}')"
+    entry = f"{sidebar}//*[(self::a or self::button) and {label}]"
+    plugins = f"{sidebar}//button[@aria-label='Plugins' or normalize-space()='Plugins']"
+    try:  # the UI builds the plugin entries after it has fetched the plugin list
+        wait(browser).until(lambda b: b.find_elements(By.XPATH, entry) or b.find_elements(By.XPATH, plugins))
+        if not browser.find_elements(By.XPATH, entry):
+            browser.find_element(By.XPATH, plugins).click()
+            entry = f"//*[@role='menuitem' and {label}]"
+        wait(browser).until(expected_conditions.element_to_be_clickable((By.XPATH, entry))).click()
+    except TimeoutException:
+        shown = " | ".join(e.text.replace("\n", " ") for e in browser.find_elements(By.XPATH, sidebar))
+        raise AssertionError(f"the navigation has no entry {name!r}; it shows: {shown}") from None

@@ -53,10 +53,12 @@ def library_versions() -> dict[str, str]:
 
 
 def read_json(store: Store, key: str) -> dict[str, Any] | None:
-    if not store.exists(key):
+    """A JSON object in the store, or None when the key does not exist: one request either way."""
+    found = store.read_tagged(key)
+    if found is None:
         return None
     try:
-        value = json.loads(store.read(key))
+        value = json.loads(found[0])
     except ValueError:
         value = None
     if not isinstance(value, dict):
