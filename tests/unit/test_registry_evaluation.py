@@ -17,6 +17,7 @@ from include.retrain import registry
 from include.retrain.errors import IntegrityError
 from include.retrain.registry import operations
 from include.retrain.registry.targets import Target
+from tests.registry_fixtures import publish_by_hand as publish
 
 V1, END1 = "20210104T060000Z", "2021-01-04T06:00:00+00:00"
 V2, END2 = "20210111T060000Z", "2021-01-11T06:00:00+00:00"
@@ -38,25 +39,6 @@ def evaluation(history: pd.Series | None = None, test: int = 4) -> bytes:
     forecast = history.iloc[-test:] + 0.5
     naive = pd.Series(history.iloc[-test - 1], index=forecast.index)
     return registry.dump_evaluation("W-SAT", "mae", history, forecast, naive)
-
-
-def publish(target: Target, version: str, end: str, plot: bytes | None = None) -> None:
-    """A version with a hand-made manifest; with ``plot``, its evaluation.json recorded as publish records it."""
-    data = registry.dumps({"version": version})
-    manifest = {
-        "pipeline": "tiny",
-        "series": "level",
-        "version": version,
-        "data_window": {"start": None, "end": end},
-        "metrics": {"primary_metric": "mae", "model": {"mae": 1.0}, "baseline": {"mae": 2.0}},
-        "model": {"kind": "arima", "order": [1, 0, 0]},
-        "artifact": {"file": "model.pkl", "sha256": registry.sha256(data), "bytes": len(data)},
-    }
-    extra = {}
-    if plot is not None:
-        manifest["evaluation"] = {"file": "evaluation.json", "sha256": registry.sha256(plot)}
-        extra["evaluation.json"] = plot
-    registry.publish(target.store, target.layout, "level", data, manifest, extra=extra)
 
 
 # -- the file --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from include.retrain import registry
 from include.retrain.errors import ConflictError, CorruptPointer, IntegrityError, SpecError, StoreError
 from include.retrain.registry import operations, targets
 from include.retrain.registry.targets import Target
+from tests.registry_fixtures import publish_by_hand as publish
 
 V1, END1 = "20210104T060000Z", "2021-01-04T06:00:00+00:00"
 V2, END2 = "20210111T060000Z", "2021-01-11T06:00:00+00:00"
@@ -29,22 +30,6 @@ UNLOADABLE = b"cno_such_module\nGone\n)\x81."  # a pickle of a class whose modul
 @pytest.fixture
 def target(spec, store) -> Target:
     return Target.of(spec, "level", store, "")
-
-
-def publish(target: Target, version: str, end: str, key: bytes | None = None, data: bytes | None = None) -> None:
-    data = registry.dumps({"version": version}) if data is None else data
-    manifest = {
-        "pipeline": "tiny",
-        "series": "level",
-        "version": version,
-        "data_window": {"start": None, "end": end},
-        "metrics": {"primary_metric": "mae", "model": {"mae": 1.0}, "baseline": {"mae": 2.0}},
-        "model": {"kind": "arima", "order": [1, 0, 0]},
-        "artifact": {"file": "model.pkl", "sha256": registry.sha256(data), "bytes": len(data)},
-    }
-    if key:
-        manifest["artifact"]["signature"] = registry.sign(key, manifest)
-    registry.publish(target.store, target.layout, "level", data, manifest)
 
 
 def promote(target: Target, version: str, reason: str = "why", key: bytes | None = None) -> operations.Change:
