@@ -25,6 +25,7 @@ from include.retrain.formatting import number
 from include.retrain.registry import overview
 from include.retrain.settings import Settings, parse_store_uri
 from include.retrain.spec import PipelineSpec, load_spec, spec_names, valid_specs
+from include.retrain_airflow import names
 from include.retrain_airflow.store import S3Store, open_store
 
 TERMINAL = {"success", "failed"}
@@ -174,13 +175,13 @@ def run_all(timeout: float) -> int:
     settings = Settings.from_env(env)
     api = api_from_env(env)
     specs = {name: load_spec(settings.pipelines_dir / f"{name}.yaml") for name in spec_names(settings.pipelines_dir)}
-    wait_for_dags(api, ["batch_predict", *(f"retrain_{name}" for name in specs)], timeout=120)
+    wait_for_dags(api, ["batch_predict", *(names.dag_id(name) for name in specs)], timeout=120)
     dag_ids = []
     for name, spec in specs.items():
         if conn_id := missing_connection(api, spec):
             print(f"not running retrain_{name}: it needs Airflow connection {conn_id!r} (see docs/pipelines.md)")
         else:
-            dag_ids.append(f"retrain_{name}")
+            dag_ids.append(names.dag_id(name))
     api.json("PATCH", "/dags/batch_predict", json={"is_paused": False})  # forecasts follow each promotion
     started = time.monotonic()
     runs = {dag_id: trigger(api, dag_id) for dag_id in dag_ids}

@@ -32,6 +32,7 @@ from include.retrain.stages.refs import (
 )
 from include.retrain_airflow.assets import champion_asset
 from include.retrain_airflow.defaults import default_args
+from include.retrain_airflow.names import dag_id
 from include.retrain_airflow.notify import on_promotion
 
 TASK_TIMEOUT = timedelta(minutes=30)
@@ -124,7 +125,7 @@ def build_retrain_dag(name: str) -> DAG:
     asset = champion_asset(spec, settings)
 
     with DAG(
-        dag_id=f"retrain_{spec.name}",
+        dag_id=dag_id(spec.name),
         schedule=CronDataIntervalTimetable(spec.schedule, timezone=spec.timezone),
         start_date=start,
         catchup=False,

@@ -42,6 +42,7 @@ from include.retrain.registry.targets import Target
 from include.retrain.settings import Settings
 from include.retrain.spec import NAME_PATTERN, load_spec, spec_names
 from include.retrain_airflow import history as airflow_history
+from include.retrain_airflow import names
 from include.retrain_airflow.models_page import catalog, plots, security
 from include.retrain_airflow.models_page.security import User
 from include.retrain_airflow.store import open_store
@@ -148,8 +149,8 @@ def resolve(src: catalog.Sources, user: Any, pipeline: str, series: str) -> Targ
     """The series named by the path, or the error of a spec that no longer loads; else 404/403."""
     if not re.fullmatch(NAME_PATTERN, pipeline) or pipeline not in spec_names(src.pipelines_dir):
         raise not_found("pipeline")
-    if catalog.dag_id(pipeline) not in security.readable_dags(user):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"you may not read DAG {catalog.dag_id(pipeline)}")
+    if names.dag_id(pipeline) not in security.readable_dags(user):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"you may not read DAG {names.dag_id(pipeline)}")
     try:
         spec = load_spec(src.pipelines_dir / f"{pipeline}.yaml")
     except SpecError as exc:
@@ -194,7 +195,7 @@ def series_page(request: Request, user: User, pipeline: str, series: str) -> HTM
     if isinstance(target, SpecError):
         return _page(request, "broken.html", pipeline=pipeline, series=series, problem=str(target))
     page = catalog.series_page(src, target)
-    allowed = security.can_run(user, catalog.dag_id(pipeline))
+    allowed = security.can_run(user, names.dag_id(pipeline))
     return _page(
         request,
         "series.html",
@@ -206,7 +207,7 @@ def series_page(request: Request, user: User, pipeline: str, series: str) -> HTM
         flash=read_flash(request),
         manifest_json=json.dumps(page.manifest, indent=2, default=str) if page.manifest else "",
         load_command=LOAD_COMMAND.format(pipeline=pipeline, series=series),
-        dag_id=catalog.dag_id(pipeline),
+        dag_id=names.dag_id(pipeline),
     )
 
 
@@ -277,9 +278,9 @@ def _act(request: Request, user: Any, pipeline: str, series: str, csrf_token: st
     security.check_csrf(request, user, csrf_token)
     src = sources()
     target = target_or_404(src, user, pipeline, series)
-    if not security.can_run(user, catalog.dag_id(pipeline)):
+    if not security.can_run(user, names.dag_id(pipeline)):
         raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"moving a champion needs the right to run DAG {catalog.dag_id(pipeline)}"
+            status.HTTP_403_FORBIDDEN, f"moving a champion needs the right to run DAG {names.dag_id(pipeline)}"
         )
     actor, now = f"ui:{security.name_of(user)}", datetime.now(UTC)
     try:

@@ -25,8 +25,8 @@ from include.retrain import history, registry
 from include.retrain.errors import RetrainError, SpecError
 from include.retrain.registry import check_signature, read_champion, read_json, read_manifest, summary
 from include.retrain.registry.targets import Target, targets
-from include.retrain.spec import spec_names
 from include.retrain.timestamps import as_utc
+from include.retrain_airflow.names import dag_id
 
 T = TypeVar("T")
 THREADS = 8  # concurrent store reads per page: enough to hide round trips, few enough for a small VM
@@ -49,10 +49,6 @@ class Sources:
 
     def targets(self) -> list[Target | SpecError]:
         return list(targets(self.pipelines_dir, self.store, self.root))
-
-
-def dag_id(pipeline: str) -> str:
-    return f"retrain_{pipeline}"
 
 
 def problem(exc: BaseException) -> str:
@@ -349,7 +345,3 @@ def _read_history(sources: Sources, page: SeriesPage) -> None:
     if isinstance(report, str):
         report = json.loads(report)
     page.drift = report if isinstance(report, dict) else None
-
-
-def known_pipeline(sources: Sources, name: str) -> bool:
-    return name in spec_names(sources.pipelines_dir)
