@@ -69,11 +69,12 @@ registry: $(INSTALLED)
 config: $(INSTALLED)
 	@$(STACK) config
 
-## Run every test in random order (replay the last: ARGS=--randomly-seed=last); starts PostgreSQL, S3, Airflow; installs Chromium when missing
+## Run every test in random order on two workers (replay the last: ARGS=--randomly-seed=last); starts PostgreSQL, S3, Airflow; installs Chromium when missing
+# Two workers, two live stacks: the fault and load tests (mostly waiting out outages) beside the rest.
 .PHONY: test
 test: $(INSTALLED)
 	@tests/browser/ensure-chromium.sh
-	@$(PY) -m pytest $(ARGS)
+	@$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(ARGS)
 
 ## The quick loop (under 2 minutes): all but the live-stack (marker e2e) and make deploy (marker deploy) tests
 .PHONY: test-fast
@@ -90,6 +91,11 @@ lint: $(INSTALLED)
 .PHONY: bench
 bench: $(INSTALLED)
 	@$(PY) benchmarks/bench.py $(ARGS)
+
+## Load test: 20 pipelines x 8 series due at once on a stack of its own (ARGS="--pipelines 4 --series 4")
+.PHONY: load
+load: $(INSTALLED)
+	@$(PY) benchmarks/load.py $(ARGS)
 
 ## Regenerate constraints.txt from the current virtualenv (then run make test)
 .PHONY: constraints

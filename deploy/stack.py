@@ -75,13 +75,16 @@ def local_overrides() -> dict[str, str]:
     """Local defaults that differ from a VM's, then the caller's RETRAIN_* settings."""
     s3_port = os.environ.get("RETRAIN_S3_PORT", "5055")
     bucket = os.environ.get("RETRAIN_BUCKET", "retrain-models")
+    # Where Airflow reaches the local S3 endpoint: moto_server's port, unless something sits
+    # in between (the fault tests put a proxy there that they can cut).
+    endpoint = os.environ.get("RETRAIN_S3_ENDPOINT", f"http://127.0.0.1:{s3_port}")
     values = {
         "RETRAIN_PG_DB": "airflow_retrain",
         "RETRAIN_PG_USER": "retrain",
         "RETRAIN_S3_PORT": s3_port,
         "RETRAIN_BUCKET": bucket,
         "RETRAIN_MODEL_STORE": f"s3://{bucket}",
-        "AIRFLOW_CONN_AWS_DEFAULT": envfile.aws_connection(f"http://127.0.0.1:{s3_port}"),
+        "AIRFLOW_CONN_AWS_DEFAULT": envfile.aws_connection(endpoint),
     }
     return values | {k: v for k, v in os.environ.items() if k.startswith("RETRAIN_") and k != "RETRAIN_STACK_DIR"}
 

@@ -11,7 +11,16 @@ from pathlib import Path
 from deploy.postgres import ensure_server
 from deploy.stack import free_port
 
-__all__ = ["BUNDLE", "ensure_database", "ensure_postgres", "free_port", "role_permissions", "wait_for_port"]
+__all__ = [
+    "BUNDLE",
+    "MEASUREMENTS",
+    "ensure_database",
+    "ensure_postgres",
+    "free_port",
+    "record_measurement",
+    "role_permissions",
+    "wait_for_port",
+]
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
@@ -57,3 +66,15 @@ def role_permissions(output: str) -> dict[str, set[tuple[str, str]]]:
         for action in row["action"].split(","):
             granted.setdefault(row["name"], set()).add((row["resource"], action.strip()))
     return granted
+
+
+MEASUREMENTS = BUNDLE / "test-artifacts" / "measurements.txt"
+
+
+def record_measurement(line: str) -> None:
+    """Print a figure a test measured and keep it for the end-of-run summary (with xdist a
+    worker's prints are not shown for a passing test)."""
+    print(line)
+    MEASUREMENTS.parent.mkdir(parents=True, exist_ok=True)
+    with MEASUREMENTS.open("a") as handle:
+        handle.write(line + "\n")

@@ -7,6 +7,7 @@ paths, so the layout below is the same on S3 and on disk.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -77,12 +78,35 @@ class FileStore:
             ) from None
 
     def write(self, key: str, data: bytes) -> None:
+        """Whole or nothing: a failed write (a full disk) leaves neither the key nor a temp file."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise self._write_error(key, exc) from exc
+
+    def _write_error(self, key: str, exc: OSError) -> StoreError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreError(
+                f"cannot write {self.describe(key)}: the filesystem of {self.root} is full ({exc.strerror}); "
+                "nothing was written under that key",
+                rule="the model store needs free space",
+                fix=f"free space on the filesystem of {self.root} (df -h {self.root}); the task's retry or a rerun "
+                "of the run then publishes the same version",
+            )
+        return StoreError(
+            f"cannot write {self.describe(key)}: {exc.strerror or exc}",
+            fix=f"check that the service user may write {self.root}",
+        )
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

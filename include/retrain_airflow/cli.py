@@ -170,11 +170,12 @@ def _prefixes(settings: Settings) -> set[str]:
     return {"models", *(spec.store_prefix for spec in valid_specs(settings.pipelines_dir))}
 
 
-def run_all(timeout: float) -> int:
+def run_all(timeout: float, skip_tags: tuple[str, ...] = ()) -> int:
     env = dict(os.environ)
     settings = Settings.from_env(env)
     api = api_from_env(env)
     specs = {name: load_spec(settings.pipelines_dir / f"{name}.yaml") for name in spec_names(settings.pipelines_dir)}
+    specs = {name: spec for name, spec in specs.items() if not set(skip_tags) & set(spec.tags)}
     wait_for_dags(api, ["batch_predict", *(names.dag_id(name) for name in specs)], timeout=120)
     dag_ids = []
     for name, spec in specs.items():
@@ -207,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run-all", "models", "ensure-bucket"])
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the runs")
+    parser.add_argument(
+        "--skip-tag", action="append", default=[], metavar="TAG", help="run-all: leave out pipelines with this tag"
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env(os.environ)
     if args.command == "run-all":
-        return run_all(args.timeout)
+        return run_all(args.timeout, tuple(args.skip_tag))
     if args.command == "models":
         print(models_table(settings))
         return 0

@@ -1,8 +1,9 @@
 """A live stack for the session: PostgreSQL database, S3 endpoint, api-server, scheduler,
 dag-processor, started by deploy/stack.py exactly as ``make run`` starts them.
 
-It gets its own state directory, metadata database (recreated) and free ports, so it
-never touches a developer's ``make run`` stack. Its DAGs folder holds the bundle's DAG
+It gets its own state directory, free ports and its own PostgreSQL cluster (``initdb`` on a
+free port, removed at the end: the fault tests restart it), so it never touches a
+developer's ``make run`` stack or the machine's PostgreSQL server. Its DAGs folder holds the bundle's DAG
 files, the test pipelines (``flaky`` reads a CSV file the tests rewrite) and the
 test-only DAGs of tests/e2e/dags/.
 
@@ -41,12 +42,13 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from deploy import postgres
 from deploy.envfile import read_env_file
 from deploy.profile import Profile, local_profile
 from deploy.stack import isolated_env
 from include.retrain_airflow.cli import Api, api_from_env, wait_for_dags
-from tests.helpers import BUNDLE
+from tests.faultproxy import Proxy
+from tests.helpers import BUNDLE, free_port
+from tests.pgcluster import Cluster
 
 TEST_SPEC = """\
 name: {name}
@@ -56,10 +58,11 @@ start_date: 2024-01-01
 frequency: D
 source: {{kind: file, path: "{csv}", time_column: day}}
 series:
-  - {{name: level, target: level}}
+{series}
 validation: {{min_rows: 60, max_null_fraction: 0.05}}
 model: {model}
 split: {split}
+tags: [{tags}]
 """
 TEST_PIPELINES = {
     "flaky": {
@@ -73,6 +76,21 @@ TEST_PIPELINES = {
         "split": "{test_size: 14, refit_on_full: false}",
     },
 }
+ARIMA = TEST_PIPELINES["flaky"]
+SLOW = TEST_PIPELINES["slow"]
+# The fault tests' pipelines, one each so they can run in any order, and the small load
+# test's (4 pipelines x 4 series); run-all leaves them out (tag FAULT_TAG).
+FAULT_TAG = "fault-test"
+FAULT_PIPELINES = {
+    "fault_pg": SLOW,
+    "fault_s3": ARIMA,
+    "fault_api": SLOW,
+    "fault_kill": SLOW,
+    "fault_disk": ARIMA,
+    "fault_term": SLOW,
+    "fault_twice": ARIMA,
+    **{f"load_{n}": {**ARIMA, "series": 4} for n in range(1, 5)},
+}
 
 
 @dataclass
@@ -80,6 +98,8 @@ class Stack:
     env: dict[str, str]
     api: Api
     state: Path
+    cluster: Cluster  # the stack's own PostgreSQL (tests may restart it)
+    s3_proxy: Proxy  # between Airflow and moto (tests may cut it); Stack.s3() goes to moto directly
 
     @property
     def profile(self) -> Profile:
@@ -115,12 +135,24 @@ class Stack:
         return subprocess.run(stack, env=self.env, capture_output=True, text=True, timeout=900)
 
 
-def write_flaky_csv(path: Path, days: int = 120, duplicate: bool = False) -> None:
-    """A smooth daily series with noise; ``duplicate`` repeats one day (a broken export)."""
+def series_columns(count: int) -> list[str]:
+    """``level``, then ``level2``, ``level3``...: the series of a test pipeline's CSV file."""
+    return ["level", *(f"level{n}" for n in range(2, count + 1))]
+
+
+def write_flaky_csv(path: Path, days: int = 120, duplicate: bool = False, columns: int | None = None) -> None:
+    """A smooth daily series with noise per column; ``duplicate`` repeats one day (a broken export).
+
+    ``columns`` defaults to what the file holds already (one when it is new).
+    """
+    if columns is None:
+        columns = len(pd.read_csv(path, nrows=1).columns) - 1 if path.exists() else 1
     rng = np.random.default_rng(7)
     index = pd.date_range("2025-01-01", periods=days, freq="D")
-    level = 50 + 5 * np.sin(np.arange(days) / 7) + rng.normal(0, 0.3, days)
-    frame = pd.DataFrame({"day": index.strftime("%Y-%m-%d"), "level": level.round(4)})
+    frame = pd.DataFrame({"day": index.strftime("%Y-%m-%d")})
+    for n, name in enumerate(series_columns(columns)):
+        level = 50 + n + 5 * np.sin(np.arange(days) / (7 + n)) + rng.normal(0, 0.3, days)
+        frame[name] = level.round(4)
     if duplicate:
         frame = pd.concat([frame, frame.iloc[[10]]]).sort_values("day", kind="stable")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,19 +167,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     shutil.copytree(BUNDLE / "include" / "pipelines", pipelines)
     for probe in (BUNDLE / "tests" / "e2e" / "dags").glob("*.py"):  # test-only DAGs
         shutil.copy(probe, dags / probe.name)
-    for name, fields in TEST_PIPELINES.items():
+    for name, fields in {**TEST_PIPELINES, **FAULT_PIPELINES}.items():
         (dags / f"retrain_{name}.py").write_text(
             '"""Test pipeline."""\nfrom include.retrain_airflow.factory import build_retrain_dag\n\n'
             f'dag = build_retrain_dag("{name}")\n'
         )
         csv = state / "data" / f"{name}.csv"
-        write_flaky_csv(csv)
-        (pipelines / f"{name}.yaml").write_text(TEST_SPEC.format(name=name, csv=csv, **fields))
-    # Named per session: two test sessions on one machine (CI and a developer) never share a database.
+        count = fields.get("series", 1)
+        write_flaky_csv(csv, columns=count)
+        spec = {
+            "description": fields["description"],
+            "model": fields["model"],
+            "split": fields["split"],
+            "series": "\n".join(f"  - {{name: {c}, target: {c}}}" for c in series_columns(count)),
+            "tags": FAULT_TAG if name in FAULT_PIPELINES else "",
+        }
+        (pipelines / f"{name}.yaml").write_text(TEST_SPEC.format(name=name, csv=csv, **spec))
     database = f"airflow_retrain_test_{os.getpid()}"
+    cluster = Cluster(free_port())
     env = isolated_env(state, database, "retrain-test-models", dags, pipelines)
+    env.update(RETRAIN_PG_HOST="127.0.0.1", RETRAIN_PG_PORT=str(cluster.port))
+    # Airflow reaches moto through a proxy the fault tests can cut (moto keeps objects in memory).
+    proxy = Proxy(target_port=int(env["RETRAIN_S3_PORT"]), port=free_port())
+    env["RETRAIN_S3_ENDPOINT"] = f"http://127.0.0.1:{proxy.port}"
+    proxy.start()
     command = [sys.executable, str(BUNDLE / "deploy" / "stack.py")]
     try:
+        cluster.create()
         subprocess.run([*command, "up", "--reset-db"], env=env, check=True, timeout=600)
         file_env = read_env_file(state / "airflow.env")
         api = api_from_env(file_env)
@@ -155,22 +201,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # batch_predict sees every promotion of the session, whichever test makes it.
         wait_for_dags(api, ["batch_predict"], timeout=120)
         api.json("PATCH", "/dags/batch_predict", json={"is_paused": False})
-        yield Stack(env={**env, **file_env}, api=api, state=state)
+        yield Stack(env={**env, **file_env}, api=api, state=state, cluster=cluster, s3_proxy=proxy)
     finally:
         subprocess.run([*command, "down"], env=env, timeout=120)
-        drop_database(state, database)
+        proxy.close()
+        cluster.remove()
         logs = state / "logs"
         if logs.exists():
             print(f"stack logs kept in {logs}")
-
-
-def drop_database(state: Path, database: str) -> None:
-    """The session's metadata database and role go with it (the stack is down)."""
-    if not (state / "airflow.env").exists():
-        return
-    admin = postgres.ensure_server(read_env_file(state / "airflow.env"), lambda _: None)
-    admin.run(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    admin.run(f'DROP ROLE IF EXISTS "{database}"')
 
 
 @dataclass(frozen=True)
@@ -189,7 +227,8 @@ def run_all(stack: Stack) -> RunAll:
     Ask for it rather than count on an earlier test having run the pipelines.
     """
     started = time.monotonic()
-    done = stack.run(sys.executable, "-m", "include.retrain_airflow.cli", "run-all", "--timeout", "600")
+    run_all = [sys.executable, "-m", "include.retrain_airflow.cli", "run-all", "--timeout", "600"]
+    done = stack.run(*run_all, "--skip-tag", FAULT_TAG)
     seconds = time.monotonic() - started
     print(done.stdout[-3000:], done.stderr[-3000:], f"run-all took {seconds:.1f}s")
     return RunAll(done=done, seconds=seconds)

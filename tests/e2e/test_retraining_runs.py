@@ -12,13 +12,13 @@ import json
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from include.retrain_airflow.cli import failed_tasks, wait_for_runs
 from tests.e2e.conftest import RunAll, Stack, write_flaky_csv
+from tests.e2e.runs import trigger_now
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("run_all")]
 
@@ -51,11 +51,6 @@ print(json.dumps({"type": type(model).__module__ + "." + type(model).__name__, "
 
 def _latest(stack: Stack, pipeline: str, series: str) -> dict:
     return json.loads(stack.get(f"models/{pipeline}/{series}/latest.json"))
-
-
-def _trigger_now(stack: Stack, dag_id: str) -> str:
-    body = {"logical_date": datetime.now(UTC).isoformat()}
-    return stack.api.json("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
 
 
 def _task_states(stack: Stack, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
@@ -142,7 +137,7 @@ def test_bad_data_fails_validate_at_once_and_keeps_the_published_model(stack: St
     model_before = stack.get(model_key)
     write_flaky_csv(stack.flaky_csv, duplicate=True)
     try:
-        run_id = _trigger_now(stack, "retrain_flaky")
+        run_id = trigger_now(stack, "retrain_flaky")
         states = wait_for_runs(stack.api, {"retrain_flaky": run_id}, timeout=300)
     finally:
         write_flaky_csv(stack.flaky_csv)

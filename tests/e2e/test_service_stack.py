@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 
 import psutil
 import pytest
@@ -20,37 +19,10 @@ from deploy import services
 from deploy.render import unit_commands
 from include.retrain_airflow.cli import failed_tasks, trigger, wait_for_runs
 from tests.e2e.conftest import Stack, write_flaky_csv
+from tests.e2e.runs import task, trigger_now, versions, wait_for_task_state
 from tests.helpers import BUNDLE, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def _task(stack: Stack, dag_id: str, run_id: str, task_id: str) -> dict:
-    """The task's instance for map index 0; empty until the mapped task is expanded."""
-    response = stack.api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/0")
-    if response.status_code == 404:
-        return {}
-    response.raise_for_status()
-    return response.json()
-
-
-def _wait_for_task_state(stack: Stack, dag_id: str, run_id: str, task_id: str, state: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _task(stack, dag_id, run_id, task_id).get("state") == state:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{task_id} of {run_id} not {state} after {timeout}s")
-
-
-def _trigger_now(stack: Stack, dag_id: str) -> str:
-    body = {"logical_date": datetime.now(UTC).isoformat()}
-    return stack.api.json("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
-
-
-def _versions(stack: Stack, key: str) -> int:
-    listed = stack.s3().list_object_versions(Bucket=stack.bucket, Prefix=key)
-    return len([v for v in listed.get("Versions", []) if v["Key"] == key])
 
 
 def test_every_component_is_healthy(stack: Stack) -> None:
@@ -67,7 +39,8 @@ def test_processes_are_the_units_commands(stack: Stack) -> None:
     for name in ("api-server", "scheduler", "dag-processor"):
         unit = stack.profile.unit_dir / f"airflow-{name}.service"
         _, command = unit_commands(unit)
-        assert command == f"{stack.profile.venv}/bin/airflow {name}"
+        no_log_server = " --skip-serve-logs" if name == "scheduler" else ""  # docs/security.md
+        assert command == f"{stack.profile.venv}/bin/airflow {name}{no_log_server}"
         process = psutil.Process(services.running(stack.profile, name))
         assert process.name().startswith("airflow"), process.name()
         assert f"WorkingDirectory={process.cwd()}" in unit.read_text()
@@ -80,7 +53,7 @@ def test_trigger_by_cli_and_by_rest_api(stack: Stack) -> None:
     assert cli.returncode == 0, cli.stderr
     rows = [line for line in cli.stdout.splitlines() if line.startswith("[{")]
     cli_run = json.loads(rows[-1])[0]["dag_run_id"]
-    rest_run = _trigger_now(stack, "retrain_co2_weekly")
+    rest_run = trigger_now(stack, "retrain_co2_weekly")
     states = wait_for_runs(stack.api, {"retrain_us_macro": cli_run, "retrain_co2_weekly": rest_run}, timeout=300)
     assert states == {"retrain_us_macro": "success", "retrain_co2_weekly": "success"}
     for pipeline, series in (("us_macro", "realgdp"), ("us_macro", "unemp"), ("co2_weekly", "co2")):
@@ -93,11 +66,11 @@ def test_scheduler_killed_mid_task_recovers_without_publishing_twice(stack: Stac
     unit's cgroup) while `train` runs; restart it: the run completes within 90 s, once."""
     s3 = stack.s3()
     s3.put_bucket_versioning(Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"})
-    pointer_writes = _versions(stack, "models/slow/level/latest.json")
+    pointer_writes = versions(stack, "models/slow/level/latest.json")
     dag_id = "retrain_slow"
     write_flaky_csv(stack.state / "data" / "slow.csv", days=122)  # new data: the run trains
     run_id = trigger(stack.api, dag_id)
-    _wait_for_task_state(stack, dag_id, run_id, "train", "running", timeout=180)
+    wait_for_task_state(stack, dag_id, run_id, "train", "running", timeout=180)
     time.sleep(2)
     scheduler = psutil.Process(services.running(stack.profile, "scheduler"))
     doomed = [scheduler, *scheduler.children(recursive=True)]
@@ -114,16 +87,16 @@ def test_scheduler_killed_mid_task_recovers_without_publishing_twice(stack: Stac
     print(f"interrupted run finished {took:.1f}s after the scheduler restart")
     assert states[dag_id] == "success", failed_tasks(stack.api, dag_id, run_id)
     assert took < 90
-    assert _task(stack, dag_id, run_id, "train")["try_number"] >= 2, "train was interrupted and run again"
+    assert task(stack, dag_id, run_id, "train")["try_number"] >= 2, "train was interrupted and run again"
     version = json.loads(stack.get("models/slow/level/latest.json"))["version"]
-    assert _versions(stack, f"models/slow/level/{version}/model.pkl") == 1
-    assert _versions(stack, f"models/slow/level/{version}/manifest.json") == 1
-    assert _versions(stack, "models/slow/level/latest.json") == pointer_writes + 1
+    assert versions(stack, f"models/slow/level/{version}/model.pkl") == 1
+    assert versions(stack, f"models/slow/level/{version}/manifest.json") == 1
+    assert versions(stack, "models/slow/level/latest.json") == pointer_writes + 1
 
-    again = _trigger_now(stack, dag_id)
+    again = trigger_now(stack, dag_id)
     assert wait_for_runs(stack.api, {dag_id: again}, timeout=240)[dag_id] == "success"
-    assert _task(stack, dag_id, again, "extract")["state"] == "skipped", "no new data: nothing retrained"
-    assert _versions(stack, f"models/slow/level/{version}/model.pkl") == 1, "nothing rewritten"
+    assert task(stack, dag_id, again, "extract")["state"] == "skipped", "no new data: nothing retrained"
+    assert versions(stack, f"models/slow/level/{version}/model.pkl") == 1, "nothing rewritten"
 
 
 @pytest.mark.usefixtures("run_all")  # retrain_slow unpaused, whether or not the scheduler test ran first
@@ -131,8 +104,8 @@ def test_tasks_survive_an_api_server_restart(stack: Stack) -> None:
     """The api-server goes down while a task runs and comes back: the run still succeeds."""
     dag_id = "retrain_slow"
     write_flaky_csv(stack.state / "data" / "slow.csv", days=123)  # new data: the run trains
-    run_id = _trigger_now(stack, dag_id)
-    _wait_for_task_state(stack, dag_id, run_id, "train", "running", timeout=180)
+    run_id = trigger_now(stack, dag_id)
+    wait_for_task_state(stack, dag_id, run_id, "train", "running", timeout=180)
     services.stop(stack.profile, "api-server")
     time.sleep(5)
     services.start(stack.profile, "api-server")
