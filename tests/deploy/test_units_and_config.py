@@ -5,27 +5,13 @@ from __future__ import annotations
 import configparser
 import shutil
 import subprocess
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from deploy import envfile, render
-from deploy.profile import BUNDLE, Profile, local_profile
+from deploy.profile import Profile
 
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
-
-
-@pytest.fixture
-def profile(tmp_path: Path) -> Profile:
-    """The local profile (its venv exists, so ExecStart paths are real) writing into tmp_path."""
-    return replace(local_profile({"RETRAIN_STACK_DIR": str(tmp_path)}), venv=BUNDLE / ".venv")
-
-
-@pytest.fixture
-def env(profile: Profile) -> dict[str, str]:
-    values, _ = envfile.ensure(profile, {})
-    return values
 
 
 def unit(profile: Profile, name: str) -> configparser.ConfigParser:
@@ -59,7 +45,8 @@ def test_every_service_is_supervised_sandboxed_and_unprivileged(profile: Profile
     assert section["PartOf"] == "airflow.target"
     assert "postgresql.service" in section["After"] and "airflow-migrate.service" in section["After"]
     assert section["StartLimitIntervalSec"] == "0", "keep retrying until the cause is fixed"
-    assert service["ExecStart"] == f"{profile.venv}/bin/airflow {name}"
+    no_log_server = " --skip-serve-logs" if name in ("scheduler", "triggerer") else ""  # docs/security.md
+    assert service["ExecStart"] == f"{profile.venv}/bin/airflow {name}{no_log_server}"
     pre, _ = render.unit_commands(profile.unit_dir / f"airflow-{name}.service")
     assert pre[0] == f"{profile.venv}/bin/airflow db check-migrations -t 60"
     assert service["EnvironmentFile"] == str(profile.env_file)
