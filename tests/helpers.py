@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -17,6 +18,7 @@ __all__ = [
     "ensure_database",
     "ensure_postgres",
     "free_port",
+    "per_worker",
     "record_measurement",
     "role_permissions",
     "wait_for_port",
@@ -40,6 +42,12 @@ def ensure_postgres() -> None:
     """The local PostgreSQL server answers on 127.0.0.1:5432: found, else started (or installed) as
     ``make up`` does. Tests call it themselves instead of counting on a live stack having started it."""
     ensure_server({"RETRAIN_PG_HOST": "127.0.0.1", "RETRAIN_PG_PORT": "5432"}, print)
+
+
+def per_worker(name: str) -> str:
+    """``name`` for this pytest-xdist worker (``make test`` runs two): a database of the machine's
+    PostgreSQL that tests empty and fill must not be shared by tests running at the same time."""
+    return f"{name}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def ensure_database(name: str) -> str:

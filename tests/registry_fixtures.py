@@ -25,9 +25,9 @@ from include.retrain.stages.chain import CHAIN
 from include.retrain.stages.context import RunInfo, StageContext
 from include.retrain.store import FileStore, Layout
 from include.retrain_airflow import history as airflow_history
-from tests.helpers import ensure_database
+from tests.helpers import ensure_database, per_worker
 
-PG_DB = "retrain_registry_cli_test"
+PG_DB = per_worker("retrain_registry_cli_test")
 DSN = f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
 HISTORY_TABLES = ("retrain_forecasts", "retrain_decisions", "retrain_schema_migrations")
 KEY = "registry-cli-signing-key"

@@ -72,12 +72,15 @@ def deployed(user: str, db: str) -> Iterator[Deployment]:
         "RETRAIN_PG_USER": db,
         "RETRAIN_API_PORT": str(free_port()),
     }
+    undeploy = ["make", "-s", "undeploy", "DROP_DATABASE=1", "REMOVE_USER=1"]
+    # The same names from a session that was killed before its clean-up: start from nothing.
+    subprocess.run(undeploy, cwd=BUNDLE, env=env, capture_output=True)
     try:
         first = make(env, "deploy")
         assert first.returncode == 0, first.stderr[-2000:]
         yield Deployment(env, root, first)
     finally:
-        subprocess.run(["make", "-s", "undeploy", "DROP_DATABASE=1", "REMOVE_USER=1"], cwd=BUNDLE, env=env)
+        subprocess.run(undeploy, cwd=BUNDLE, env=env)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -717,7 +717,8 @@ def sandbox() -> Iterator[Sandbox]:
             "SHELL": user.pw_shell,
             **read_env_file(profile.env_file),
         }
-        box = Sandbox(profile, env, stage, logs, user, {}, keep=(profile.etc_dir, dags))
+        # The bundle is in /opt on a VM; here it may sit under /tmp, which PrivateTmp= hides.
+        box = Sandbox(profile, env, stage, logs, user, {}, keep=(profile.etc_dir, dags, BUNDLE))
         try:
             yield box
         finally:

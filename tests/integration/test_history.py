@@ -23,9 +23,9 @@ from include.retrain import history
 from include.retrain.errors import DataValidationError, StoreError
 from include.retrain.settings import Settings
 from include.retrain_airflow import history as airflow_history
-from tests.helpers import ensure_database, free_port
+from tests.helpers import ensure_database, free_port, per_worker
 
-PG_DB = "retrain_history_test"
+PG_DB = per_worker("retrain_history_test")
 DSN = f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
 TABLES = (history.FORECASTS_TABLE, history.DECISIONS_TABLE, history.SCHEMA_TABLE)
 DRIVERS = {"psycopg2": psycopg2.connect, "psycopg3": psycopg.connect}

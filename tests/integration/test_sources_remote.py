@@ -17,12 +17,12 @@ from include.retrain.errors import SourceError
 from include.retrain.sources import Clients, Endpoint, Window, fetch
 from include.retrain.spec import PipelineSpec
 from include.retrain_airflow import clients as airflow_clients
-from tests.helpers import ensure_postgres, free_port
+from tests.helpers import ensure_postgres, free_port, per_worker
 from tests.standins import TOKEN, StandIn, serve
 
 FAST = http.RetryPolicy(attempts=3, first_delay=0.01, timeout=5)
 END = pd.Timestamp("2026-11-21")
-PG_DB = "retrain_sources_test"
+PG_DB = per_worker("retrain_sources_test")
 
 
 def spec(source: dict, target: str = "x", **changes: object) -> PipelineSpec:
