@@ -37,26 +37,10 @@ def s3_endpoint() -> Iterator[str]:
         server.wait(timeout=10)
 
 
-# -- two workers (make test: pytest -n 2 --dist loadgroup) -------------------------------------
-
-# Modules whose tests spend most of their time waiting out an outage or a retry delay: under
-# xdist they run on a worker (and a live stack) of their own while the rest of the suite runs.
-WAITING_MODULES = ("tests.e2e.test_faults", "tests.e2e.test_load")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each worker that runs a live-stack test starts a stack for itself, so those tests come
-    in two groups (``xdist_group``): the waiting ones, and every other e2e test. The
-    ``make deploy`` tests share one machine-wide database role, so they stay together too.
-    Other tests go to whichever worker is free. Without xdist the marks do nothing."""
-    for item in items:
-        if item.get_closest_marker("e2e"):
-            group = "waiting" if item.module.__name__ in WAITING_MODULES else "stack"
-        elif item.get_closest_marker("deploy"):
-            group = "deploy"
-        else:
-            continue
-        item.add_marker(pytest.mark.xdist_group(group))
+# -- two workers (make test: pytest -n 2 --dist loadfile) --------------------------------------
+# Each worker takes whole test files, so a module's fixtures (make deploy's deployment, the
+# Celery stack) are made once, and each worker that runs a live-stack test starts its own
+# stack. Tests that use the machine's PostgreSQL name their databases per worker (per_worker).
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
