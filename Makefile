@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STACK := $(PY) deploy/stack.py
+# make run EXECUTOR=celery (or local) switches the local stack's executor; unset keeps the current one.
+STACK := $(if $(EXECUTOR),RETRAIN_EXECUTOR=$(EXECUTOR) )$(PY) deploy/stack.py
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -21,7 +22,7 @@ $(INSTALLED): requirements.txt requirements-local.txt requirements-dev.txt const
 .PHONY: venv
 venv: $(INSTALLED)
 
-## Run every shipped retraining pipeline once, end to end, on the local stack
+## Run every shipped retraining pipeline once, end to end, on the local stack (EXECUTOR=celery: two Celery workers)
 .PHONY: run
 run: up
 	@$(STACK) exec -- $(PY) -m include.retrain_airflow.cli run-all
@@ -41,7 +42,7 @@ down:
 status:
 	@found=; \
 	if [ -e "$${RETRAIN_ETC:-/etc/airflow-retrain}/airflow.env" ]; then found=1; $(PYTHON) deploy/install.py status; fi; \
-	if [ -e .stack/airflow.env ] && [ -x $(PY) ]; then found=1; $(STACK) status; fi; \
+	if [ -e "$${RETRAIN_STACK_DIR:-.stack}/airflow.env" ] && [ -x $(PY) ]; then found=1; $(STACK) status; fi; \
 	if [ -z "$$found" ]; then echo "nothing deployed here and no local stack: make deploy or make up"; fi
 
 ## Install as a systemd service on this VM (run as root; idempotent, keeps secrets and data)
@@ -70,11 +71,11 @@ config: $(INSTALLED)
 	@$(STACK) config
 
 ## Run every test in random order on two workers (replay the last: ARGS=--randomly-seed=last); starts PostgreSQL, S3, Airflow; installs Chromium when missing
-# Two workers, two live stacks: the fault and load tests (mostly waiting out outages) beside the rest.
+# Two workers, whole files each, a live stack each: the fault tests' waits overlap the rest of the suite.
 .PHONY: test
 test: $(INSTALLED)
 	@tests/browser/ensure-chromium.sh
-	@$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(ARGS)
+	@$(PY) -m pytest -n 2 --dist loadfile --durations=15 $(ARGS)
 
 ## The quick loop (under 2 minutes): all but the live-stack (marker e2e) and make deploy (marker deploy) tests
 .PHONY: test-fast

@@ -88,6 +88,12 @@ def settings(profile: Profile, overrides: dict[str, str]) -> dict[str, str]:
         "RETRAIN_PG_DB": "airflow",
         "RETRAIN_PG_USER": "airflow",
         "RETRAIN_PARALLELISM": str(max(4, 2 * cores)),
+        # local: the LocalExecutor (one VM); celery: the CeleryExecutor, workers on any machine
+        # that reaches the broker, the api-server and the model store (docs/deploy.md).
+        "RETRAIN_EXECUTOR": "local",
+        "RETRAIN_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "RETRAIN_WORKER_CONCURRENCY": str(cores),  # tasks at once per Celery worker
+        "RETRAIN_WORKER_QUEUES": "default",  # the Celery queues this machine's worker consumes
         "RETRAIN_MODEL_STORE": f"file://{profile.state_dir / 'models'}",
         # One BLAS/OpenMP thread per process: tasks run in parallel already, and the
         # preloading forkserver must not start thread pools that its forks inherit.
@@ -124,9 +130,14 @@ def aws_connection(endpoint: str) -> str:
     return json.dumps(conn, separators=(",", ":"))
 
 
-def merged(existing: dict[str, str], fresh: dict[str, str]) -> dict[str, str]:
-    """Existing values win: a re-run adds new keys and never replaces a value in place."""
-    return {**fresh, **existing}
+# Settings a caller may switch on an existing file (make run EXECUTOR=celery): no secret among them.
+SWITCHES = ("RETRAIN_EXECUTOR", "RETRAIN_WORKER_QUEUES")
+
+
+def merged(existing: dict[str, str], fresh: dict[str, str], switched: dict[str, str] | None = None) -> dict[str, str]:
+    """Existing values win: a re-run adds new keys and never replaces a value in place, except
+    the ``switched`` settings the caller names explicitly."""
+    return {**fresh, **existing, **(switched or {})}
 
 
 def render(values: dict[str, str]) -> str:
@@ -146,8 +157,12 @@ def ensure(
     file; in an existing file every value stays as it is.
     """
     existing = read_env_file(profile.env_file) if profile.env_file.exists() else {}
-    values = merged(existing, {**settings(profile, overrides), **new_secrets(), **overrides})
+    switched = {k: v for k, v in overrides.items() if k in SWITCHES}
+    values = merged(existing, {**settings(profile, overrides), **new_secrets(), **overrides}, switched)
     values.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", database_url(values))
     values.setdefault("AIRFLOW_CONN_RETRAIN_DB", history_connection(values))
+    # Celery's broker (its URL may carry a password) and result backend (the metadata database).
+    values.setdefault("AIRFLOW__CELERY__BROKER_URL", values["RETRAIN_BROKER_URL"])
+    values.setdefault("AIRFLOW__CELERY__RESULT_BACKEND", "db+" + database_url(values))
     changed = write_private(profile.env_file, render(values), mode=mode, group=group)
     return read_env_file(profile.env_file), changed

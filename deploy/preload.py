@@ -108,6 +108,19 @@ def record_forkserver() -> dict:
     _, modules = configured()
     wanted = [m for m in modules if m != SELF]
     missing = import_errors([m for m in wanted if m not in sys.modules])
+    record = record_loaded(wanted, missing)
+    if missing:
+        print(
+            f"[preload] ERROR: the forkserver could not import {sorted(missing)}: tasks import them again", flush=True
+        )
+    prime_inspect()
+    gc.collect()
+    gc.freeze()  # everything imported so far moves to the permanent generation, shared by every fork
+    return record
+
+
+def record_loaded(wanted: list[str], missing: dict[str, str]) -> dict:
+    """Write what this preloading process (forkserver or Celery worker) loaded to run/preload.json."""
     record = {
         "pid": os.getpid(),
         "written_at": time.time(),
@@ -121,13 +134,6 @@ def record_forkserver() -> dict:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(path)
-    if missing:
-        print(
-            f"[preload] ERROR: the forkserver could not import {sorted(missing)}: tasks import them again", flush=True
-        )
-    prime_inspect()
-    gc.collect()
-    gc.freeze()  # everything imported so far moves to the permanent generation, shared by every fork
     return record
 
 

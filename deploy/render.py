@@ -29,10 +29,29 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
     return True
 
 
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+
+
+def executor_settings(env: dict[str, str]) -> dict[str, str]:
+    """The Airflow executor ``RETRAIN_EXECUTOR`` names; refuses what that executor cannot run."""
+    choice = env.get("RETRAIN_EXECUTOR", "local")
+    if choice not in EXECUTORS:
+        raise RenderError(f"RETRAIN_EXECUTOR={choice!r}: use one of {', '.join(EXECUTORS)}")
+    store = env.get("RETRAIN_MODEL_STORE", "")
+    if choice == "celery" and store.startswith("file://"):
+        raise RenderError(
+            f"RETRAIN_EXECUTOR=celery with the model store {store}: Celery workers on other machines "
+            "cannot see this machine's files, and every task reads what the one before wrote. Set "
+            "RETRAIN_MODEL_STORE=s3://<bucket>[/<prefix>] and the connection aws_default "
+            "(docs/configuration.md), or keep RETRAIN_EXECUTOR=local"
+        )
+    return {"RETRAIN_AIRFLOW_EXECUTOR": EXECUTORS[choice]}
+
+
 def config_text(env: dict[str, str]) -> str:
     template = string.Template((BUNDLE / "airflow.cfg.template").read_text())
     try:
-        text = template.substitute(env)
+        text = template.substitute({**env, **executor_settings(env)})
     except KeyError as exc:
         raise RenderError(
             f"airflow.cfg.template needs {exc.args[0]}, which the environment file lacks; "

@@ -100,7 +100,18 @@ def start(profile: Profile, name: str) -> int:
     pre, command = unit_commands(profile.unit_dir / f"airflow-{name}.service")
     for step in pre:
         _run_logged(profile, name, step, timeout=120)
-    return spawn(profile, name, command)
+    return spawn(profile, name, expand(command, process_env(profile)))
+
+
+def expand(command: str, env: dict[str, str]) -> str:
+    """``${NAME}`` from the environment file, as systemd expands it in ``ExecStart=``."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(1) not in env:
+            raise ServiceError(f"{command!r} uses ${{{match.group(1)}}}, which the environment file lacks")
+        return env[match.group(1)]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, command)
 
 
 def spawn(profile: Profile, name: str, command: str) -> int:

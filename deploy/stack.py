@@ -27,7 +27,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the bundle importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deploy import envfile, postgres, preload, render, services
+from deploy import broker, envfile, postgres, preload, queues, render, services, workers
+from deploy.broker import BrokerError
 from deploy.postgres import PostgresError, port_open
 from deploy.profile import BUNDLE, Profile, local_profile
 from deploy.render import RenderError
@@ -115,6 +116,46 @@ def start_s3(profile: Profile, env: dict[str, str]) -> None:
         raise StackError("could not create the bucket on the local S3 endpoint")
 
 
+def ensure_broker(profile: Profile, env: dict[str, str]) -> None:
+    """The Celery broker: one that answers is used; a Redis on loopback is started (installed)."""
+    url = env["AIRFLOW__CELERY__BROKER_URL"]
+    scheme, host, port = broker.address(url)
+    where = f"{scheme}://{host}:{port}"
+    if broker.answers(url):
+        say(f"Celery broker answers on {where}: using it")
+        return
+    if not scheme.startswith("redis") or host not in ("127.0.0.1", "localhost"):
+        raise StackError(f"the Celery broker {where} does not answer: start it, or set RETRAIN_BROKER_URL")
+    broker.install_redis(say)
+    data = profile.state_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    services.spawn(profile, "redis", broker.redis_command(port, data))
+    services.wait_until(lambda: broker.answers(url), 30, "Redis", profile, "redis")
+    say(f"started redis-server on {where} (data in {data}, append-only; make down stops it)")
+
+
+def start_workers(profile: Profile, env: dict[str, str]) -> None:
+    """Two Celery workers, each with a state directory of its own, as on two machines."""
+    for name in workers.LOCAL_WORKERS:
+        worker = workers.local_worker(profile, name)
+        worker.state_dir.mkdir(parents=True, exist_ok=True)
+        values, _ = envfile.ensure(worker, workers.local_overrides(env, profile, name), mode=0o600)
+        render.render_config(worker, values)
+        render.render_units(worker)
+        pid = services.start(worker, workers.UNIT)
+        say(
+            f"Celery worker {values['RETRAIN_WORKER_NAME']}: queues {values['RETRAIN_WORKER_QUEUES']}, pid {pid} "
+            f"(state {worker.state_dir}, log {services.log_file(worker, workers.UNIT)})"
+        )
+
+
+def stop_workers(profile: Profile) -> None:
+    for name in workers.LOCAL_WORKERS:
+        worker = workers.local_worker(profile, name)
+        if services.stop(worker, workers.UNIT):
+            say(f"stopped Celery worker {name}")
+
+
 def ensure_admin(profile: Profile) -> None:
     """The UI/API login of the local stack: admin, password kept in a 0600 file."""
     path = profile.state_dir / "admin-password"
@@ -163,6 +204,8 @@ def up(reset_db: bool = False) -> None:
         reset_db = True  # its connections and variables were encrypted with the old fernet_key
     postgres.ensure_role_and_database(admin, env, set_password=True, say=say, reset=reset_db)
     start_s3(profile, env)
+    if env["RETRAIN_EXECUTOR"] == "celery":
+        ensure_broker(profile, env)
     say("migrating the metadata database (the airflow-migrate unit)")
     services.run_unit_once(profile, "airflow-migrate.service")
     ensure_admin(profile)
@@ -173,6 +216,10 @@ def up(reset_db: bool = False) -> None:
         )
     for name, pid in pids.items():
         say(f"{name}: pid {pid} (log {services.log_file(profile, name)})")
+    if env["RETRAIN_EXECUTOR"] == "celery":
+        start_workers(profile, env)
+    else:
+        stop_workers(profile)  # a switch back to the LocalExecutor
     services.wait_healthy(profile, env)
     base = f"http://{env['RETRAIN_API_HOST']}:{env['RETRAIN_API_PORT']}"
     say(f"Airflow is healthy: UI and REST API on {base}")
@@ -182,7 +229,8 @@ def up(reset_db: bool = False) -> None:
 
 def down() -> None:
     profile = local_profile()
-    for name in (*reversed(AIRFLOW_PROCESSES), "s3"):
+    stop_workers(profile)
+    for name in (*reversed(AIRFLOW_PROCESSES), "s3", "redis"):
         if services.stop(profile, name):
             say(f"stopped {name}")
     say("stack stopped (the local S3 endpoint's objects were in memory and are gone)")
@@ -199,6 +247,16 @@ def status() -> int:
         say(f"{name:14} {'running, pid ' + str(pid) if pid else 'not running'}")
     for name, value in (services.health(env) or {"api-server": "unreachable"}).items():
         say(f"{name:14} {value}")
+    if env.get("RETRAIN_EXECUTOR") == "celery":
+        for name in workers.LOCAL_WORKERS:
+            pid = services.running(workers.local_worker(profile, name), workers.UNIT)
+            say(f"{'worker ' + name:14} {'running, pid ' + str(pid) if pid else 'not running'}")
+        os.environ.update(services.process_env(profile))  # the broker URL, for Celery's client
+        ours = workers.bundle_version(profile.bundle_dir)
+        _, lines = queues.report(Path(env["RETRAIN_PIPELINES_DIR"]), queues.consumers(), queues.versions(), ours)
+        for line in lines:
+            say(f"celery: {line}")
+        return 0
     _, lines = preload.report(profile.state_dir, services.running(profile, "scheduler"))
     for line in lines:
         say(f"task preload: {line}")
@@ -232,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             return status()
         else:
             prepare(local_profile())
-    except (StackError, PostgresError, ServiceError, RenderError, subprocess.CalledProcessError) as exc:
+    except (StackError, PostgresError, ServiceError, RenderError, BrokerError, subprocess.CalledProcessError) as exc:
         print(f"[stack] ERROR: {exc}", file=sys.stderr)
         return 1
     return 0

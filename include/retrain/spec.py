@@ -247,6 +247,12 @@ class PipelineSpec(_Strict):
     forecast: Forecast = Forecast()
     store_prefix: str = Field(default="models", pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
     tags: list[str] = Field(default_factory=list)
+    queue: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        description="the Celery queue its tasks go to (RETRAIN_EXECUTOR=celery): pin a heavy pipeline to "
+        "the workers that consume it; the LocalExecutor ignores it",
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -13,10 +13,14 @@ from include.retrain_airflow.notify import on_failure
 DEFAULT_RETRIES = 2
 
 
-def default_args(owner: str, timeout: timedelta) -> dict[str, Any]:
-    """Retry transient faults (S3, PostgreSQL, a restarted api-server) with exponential backoff."""
+def default_args(owner: str, timeout: timedelta, queue: str = "default") -> dict[str, Any]:
+    """Retry transient faults (S3, PostgreSQL, a restarted api-server) with exponential backoff.
+
+    ``queue``: the Celery queue of every task (the spec's ``queue``); the LocalExecutor ignores it.
+    """
     return {
         "owner": owner,
+        "queue": queue,
         "retries": DEFAULT_RETRIES,
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": 2.0,

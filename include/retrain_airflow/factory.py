@@ -130,7 +130,7 @@ def build_retrain_dag(name: str) -> DAG:
         start_date=start,
         catchup=False,
         max_active_runs=1,  # one run at a time per pipeline; champion.json writes are conditional as well
-        default_args=default_args(spec.owner, TASK_TIMEOUT),
+        default_args=default_args(spec.owner, TASK_TIMEOUT, spec.queue),
         doc_md=_doc(spec, str(path)),
         params={
             "promotion": Param(

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ validation: {{min_rows: 60, max_null_fraction: 0.05}}
 model: {model}
 split: {split}
 tags: [{tags}]
+queue: {queue}
 """
 TEST_PIPELINES = {
     "flaky": {
@@ -159,15 +161,9 @@ def write_flaky_csv(path: Path, days: int = 120, duplicate: bool = False, column
     frame.to_csv(path, index=False)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("stack")
-    dags, pipelines = state / "dags", state / "pipelines"
-    shutil.copytree(BUNDLE / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(BUNDLE / "include" / "pipelines", pipelines)
-    for probe in (BUNDLE / "tests" / "e2e" / "dags").glob("*.py"):  # test-only DAGs
-        shutil.copy(probe, dags / probe.name)
-    for name, fields in {**TEST_PIPELINES, **FAULT_PIPELINES}.items():
+def write_pipelines(state: Path, dags: Path, pipelines: Path, specs: dict[str, dict]) -> None:
+    """A one-line DAG file, a CSV file and a spec per test pipeline."""
+    for name, fields in specs.items():
         (dags / f"retrain_{name}.py").write_text(
             '"""Test pipeline."""\nfrom include.retrain_airflow.factory import build_retrain_dag\n\n'
             f'dag = build_retrain_dag("{name}")\n'
@@ -181,12 +177,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "split": fields["split"],
             "series": "\n".join(f"  - {{name: {c}, target: {c}}}" for c in series_columns(count)),
             "tags": FAULT_TAG if name in FAULT_PIPELINES else "",
+            "queue": fields.get("queue", "default"),
         }
         (pipelines / f"{name}.yaml").write_text(TEST_SPEC.format(name=name, csv=csv, **spec))
+
+
+@contextmanager
+def running_stack(state: Path, specs: dict[str, dict], settings: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A whole stack in ``state`` (deploy/stack.py up, as make run does) with the shipped
+    pipelines and ``specs``, on a PostgreSQL cluster of its own, behind an S3 proxy;
+    ``settings``: RETRAIN_* values for its environment file (RETRAIN_EXECUTOR=celery, ...)."""
+    dags, pipelines = state / "dags", state / "pipelines"
+    shutil.copytree(BUNDLE / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(BUNDLE / "include" / "pipelines", pipelines)
+    for probe in (BUNDLE / "tests" / "e2e" / "dags").glob("*.py"):  # test-only DAGs
+        shutil.copy(probe, dags / probe.name)
+    write_pipelines(state, dags, pipelines, specs)
     database = f"airflow_retrain_test_{os.getpid()}"
     cluster = Cluster(free_port())
     env = isolated_env(state, database, "retrain-test-models", dags, pipelines)
-    env.update(RETRAIN_PG_HOST="127.0.0.1", RETRAIN_PG_PORT=str(cluster.port))
+    env.update(RETRAIN_PG_HOST="127.0.0.1", RETRAIN_PG_PORT=str(cluster.port), **(settings or {}))
     # Airflow reaches moto through a proxy the fault tests can cut (moto keeps objects in memory).
     proxy = Proxy(target_port=int(env["RETRAIN_S3_PORT"]), port=free_port())
     env["RETRAIN_S3_ENDPOINT"] = f"http://127.0.0.1:{proxy.port}"
@@ -209,6 +219,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         logs = state / "logs"
         if logs.exists():
             print(f"stack logs kept in {logs}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack"), {**TEST_PIPELINES, **FAULT_PIPELINES}) as made:
+        yield made
 
 
 @dataclass(frozen=True)

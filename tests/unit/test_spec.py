@@ -57,6 +57,7 @@ def test_defaults_are_applied(tmp_path, spec_dict):
     assert spec.evaluation.metrics == ["mae", "rmse", "mape"]
     assert spec.evaluation.primary_metric == "mae"
     assert spec.store_prefix == "models"
+    assert spec.queue == "default"
 
 
 def test_spec_is_frozen(spec):
@@ -132,6 +133,8 @@ BAD_SPECS = {
     "no series": ({"series": []}, "'series'", "at least 1"),
     "max_null_fraction of 1": ({"validation": {"max_null_fraction": 1.0}}, "validation.max_null_fraction", "less"),
     "bad store_prefix": ({"store_prefix": "/abs/path"}, "store_prefix", "pattern"),
+    "queue with a space": ({"queue": "big machine"}, "queue", "pattern"),
+    "queue list instead of one queue": ({"queue": "default,large"}, "queue", "pattern"),
 }
 
 
