@@ -214,8 +214,7 @@ def create_admin(profile: Profile, password: str, user: str | None = None) -> No
         "admin",
         "--role",
         "Admin",
-        "--password",
-        password,
+        f"--password={password}",  # one argument: a password may start with "-" (token_urlsafe's alphabet)
         "--email",
         "admin@localhost",
         "--firstname",

@@ -162,7 +162,7 @@ def ensure_admin(profile: Profile) -> None:
     password = path.read_text().strip() if path.exists() else services.new_password()
     envfile.write_private(path, password + "\n")
     if services.admin_exists(profile):
-        services.airflow(profile, "users", "reset-password", "--username", "admin", "--password", password)
+        services.airflow(profile, "users", "reset-password", "--username", "admin", f"--password={password}")
         say(f"UI user admin exists: its password is the one in {path}")
     else:
         services.create_admin(profile, password)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from deploy import envfile, render
+from deploy import envfile, render, services
 from deploy.profile import Profile
 
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -150,3 +150,21 @@ def test_stack_command_line_keeps_options_apart_from_exec(monkeypatch: pytest.Mo
     assert stack.main(["up", "--reset-db"]) == 0
     assert stack.main(["exec", "--", "airflow", "dags", "list", "-o", "json"]) == 0
     assert calls == [("up", True), ("exec", ["--", "airflow", "dags", "list", "-o", "json"])]
+
+
+def test_an_admin_password_starting_with_a_dash_reaches_airflow_as_the_password(
+    profile: Profile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """token_urlsafe may start a password with "-": `--password -x` would read as an option."""
+    from airflow.cli import cli_parser
+
+    seen: list[tuple[str, ...]] = []
+
+    def airflow(_profile: Profile, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+        seen.append(args)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(services, "airflow", airflow)
+    services.create_admin(profile, "-Zq3_secret")
+    parsed = cli_parser.get_parser().parse_args(list(seen[0]))
+    assert parsed.password == "-Zq3_secret" and parsed.username == "admin"
