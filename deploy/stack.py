@@ -90,18 +90,30 @@ def local_overrides() -> dict[str, str]:
     return values | {k: v for k, v in os.environ.items() if k.startswith("RETRAIN_") and k != "RETRAIN_STACK_DIR"}
 
 
-def prepare(profile: Profile) -> tuple[dict[str, str], bool]:
+def prepare(profile: Profile) -> tuple[dict[str, str], bool, bool]:
     """Environment file, airflow.cfg and units: made once, kept, re-rendered if changed.
 
-    Returns the environment and whether the file (and so its secrets) is new.
+    Returns the environment, whether the file (and so its secrets) is new, and whether
+    anything the running processes read changed (they must restart to see it).
     """
     existed = profile.env_file.exists()
-    env, _ = envfile.ensure(profile, local_overrides(), mode=0o600)
+    env, env_changed = envfile.ensure(profile, local_overrides(), mode=0o600)
     say(f"{'kept' if existed else 'created'} environment file {profile.env_file} (mode 0600)")
-    render.render_config(profile, env)
-    render.render_units(profile)
+    config_changed = render.render_config(profile, env)
+    units_changed = render.render_units(profile)
     say(f"rendered {profile.config_file} and systemd units in {profile.unit_dir}")
-    return env, not existed
+    return env, not existed, bool(env_changed or config_changed or units_changed)
+
+
+def restart_if_changed(profile: Profile, changed: bool) -> None:
+    """A switch (make run EXECUTOR=celery) or a new setting reaches running processes only
+    through a restart, as systemctl restart does on a VM."""
+    running = [name for name in AIRFLOW_PROCESSES if services.running(profile, name)]
+    if changed and running:
+        say(f"the environment file or airflow.cfg changed: restarting {', '.join(running)}")
+        for name in running:
+            services.stop(profile, name)
+        stop_workers(profile)
 
 
 def start_s3(profile: Profile, env: dict[str, str]) -> None:
@@ -192,7 +204,8 @@ def check_ports(profile: Profile, env: dict[str, str]) -> None:
 
 def up(reset_db: bool = False) -> None:
     profile = local_profile()
-    env, new_secrets = prepare(profile)
+    env, new_secrets, changed = prepare(profile)
+    restart_if_changed(profile, changed)
     check_ports(profile, env)
     admin = postgres.ensure_server(env, say)
     if (
