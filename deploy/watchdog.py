@@ -40,6 +40,10 @@ class Observation:
     last_start: datetime | None  # when any task last started
 
 
+STALE_AFTER = 120.0  # seconds without a scheduler heartbeat
+STUCK_AFTER = 300.0  # seconds a task may wait while none starts
+
+
 def verdict(seen: Observation, stale_after: timedelta, stuck_after: timedelta) -> str | None:
     """Why the scheduler needs a restart, or None when it is doing its job."""
     if seen.heartbeat is None:
@@ -66,8 +70,10 @@ def observe(database_url: str) -> Observation:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--restart-command", default="systemctl restart airflow-scheduler.service")
-    parser.add_argument("--stale-after", type=float, default=120, help="seconds without a scheduler heartbeat")
-    parser.add_argument("--stuck-after", type=float, default=300, help="seconds a task may wait while none starts")
+    parser.add_argument("--stale-after", type=float, default=STALE_AFTER, help="seconds without a scheduler heartbeat")
+    parser.add_argument(
+        "--stuck-after", type=float, default=STUCK_AFTER, help="seconds a task may wait while none starts"
+    )
     parser.add_argument("--dry-run", action="store_true", help="report only")
     args = parser.parse_args(argv)
     url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")

@@ -65,13 +65,6 @@ def worker_name() -> str:
     return os.environ.get("RETRAIN_WORKER_NAME") or socket.getfqdn()
 
 
-def queues_of(state_dir: Path) -> str:
-    """The queues a worker's environment file names (for reports)."""
-    from deploy.envfile import read_env_file
-
-    return read_env_file(state_dir / "airflow.env").get("RETRAIN_WORKER_QUEUES", "default")
-
-
 # What a task runs: a worker whose copy of these differs from the main VM's runs other code.
 VERSIONED = ("dags", "include", "plugins", "deploy", "requirements.txt", "constraints.txt")
 

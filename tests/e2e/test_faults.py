@@ -115,7 +115,9 @@ class Supervisor:
             seen = watchdog.observe(self.stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
         except Exception:  # the database is down: the watchdog restarts nothing either
             return
-        reason = watchdog.verdict(seen, timedelta(seconds=120), timedelta(seconds=300))
+        reason = watchdog.verdict(
+            seen, timedelta(seconds=watchdog.STALE_AFTER), timedelta(seconds=watchdog.STUCK_AFTER)
+        )
         if reason is not None:
             services.stop(self.stack.profile, "scheduler")
             with contextlib.suppress(services.ServiceError):
