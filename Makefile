@@ -45,10 +45,10 @@ status:
 	if [ -e "$${RETRAIN_STACK_DIR:-.stack}/airflow.env" ] && [ -x $(PY) ]; then found=1; $(STACK) status; fi; \
 	if [ -z "$$found" ]; then echo "nothing deployed here and no local stack: make deploy or make up"; fi
 
-## Install as a systemd service on this VM (run as root; idempotent, keeps secrets and data)
+## Install as a systemd service on this VM (run as root; idempotent, keeps secrets and data; ROLE=worker: a Celery worker VM)
 .PHONY: deploy
 deploy:
-	@$(PYTHON) deploy/install.py deploy
+	@$(PYTHON) deploy/install.py deploy --role $(or $(ROLE),main)
 
 ## Remove the service; keeps the database unless DROP_DATABASE=1 (REMOVE_USER=1: the user too)
 .PHONY: undeploy

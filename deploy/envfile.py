@@ -11,6 +11,8 @@ import base64
 import json
 import os
 import secrets
+import socket
+from collections.abc import Collection
 from pathlib import Path
 
 from deploy.profile import Profile
@@ -22,6 +24,7 @@ SECRET_KEYS = (
     "AIRFLOW__API__SECRET_KEY",
     "AIRFLOW__CORE__FERNET_KEY",
     "RETRAIN_SIGNING_KEY",
+    "RETRAIN_BROKER_PASSWORD",
 )
 
 
@@ -62,6 +65,8 @@ def new_secrets() -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
         "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "RETRAIN_SIGNING_KEY": secrets.token_urlsafe(32),  # HMAC of every published model
+        # The password of the Redis broker make deploy runs with RETRAIN_EXECUTOR=celery.
+        "RETRAIN_BROKER_PASSWORD": secrets.token_urlsafe(32),
     }
 
 
@@ -94,7 +99,13 @@ def settings(profile: Profile, overrides: dict[str, str]) -> dict[str, str]:
         "RETRAIN_BROKER_URL": "redis://127.0.0.1:6379/0",
         "RETRAIN_WORKER_CONCURRENCY": str(cores),  # tasks at once per Celery worker
         "RETRAIN_WORKER_QUEUES": "default",  # the Celery queues this machine's worker consumes
+        "RETRAIN_WORKER_NAME": f"worker@{socket.gethostname()}",  # its Celery node name
+        # Celery with worker VMs: the main VM's address on the private network they share, and
+        # that network (CIDR). Empty: the broker, PostgreSQL and the api-server stay on loopback.
+        "RETRAIN_PRIVATE_HOST": "",
+        "RETRAIN_WORKER_NETWORK": "",
         "RETRAIN_MODEL_STORE": f"file://{profile.state_dir / 'models'}",
+        "RETRAIN_REMOTE_LOGS": "",  # s3://<bucket>/<prefix>: task logs there too (Celery workers elsewhere)
         # One BLAS/OpenMP thread per process: tasks run in parallel already, and the
         # preloading forkserver must not start thread pools that its forks inherit.
         "OPENBLAS_NUM_THREADS": "1",
@@ -131,7 +142,14 @@ def aws_connection(endpoint: str) -> str:
 
 
 # Settings a caller may switch on an existing file (make run EXECUTOR=celery): no secret among them.
-SWITCHES = ("RETRAIN_EXECUTOR", "RETRAIN_WORKER_QUEUES")
+SWITCHES = (
+    "RETRAIN_EXECUTOR",
+    "RETRAIN_WORKER_QUEUES",
+    "RETRAIN_LOCAL_WORKERS",
+    "RETRAIN_PRIVATE_HOST",
+    "RETRAIN_WORKER_NETWORK",
+    "RETRAIN_API_HOST",
+)
 
 
 def merged(existing: dict[str, str], fresh: dict[str, str], switched: dict[str, str] | None = None) -> dict[str, str]:
@@ -149,15 +167,19 @@ def render(values: dict[str, str]) -> str:
 
 
 def ensure(
-    profile: Profile, overrides: dict[str, str], mode: int = 0o600, group: int | None = None
+    profile: Profile,
+    overrides: dict[str, str],
+    mode: int = 0o600,
+    group: int | None = None,
+    switches: Collection[str] = SWITCHES,
 ) -> tuple[dict[str, str], bool]:
     """Create or complete the environment file; return its values and whether it changed.
 
     ``overrides`` (the caller's RETRAIN_* settings and profile-specific extras) shape a new
-    file; in an existing file every value stays as it is.
+    file; in an existing file every value stays as it is, but for the ``switches`` among them.
     """
     existing = read_env_file(profile.env_file) if profile.env_file.exists() else {}
-    switched = {k: v for k, v in overrides.items() if k in SWITCHES}
+    switched = {k: v for k, v in overrides.items() if k in switches}
     values = merged(existing, {**settings(profile, overrides), **new_secrets(), **overrides}, switched)
     values.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", database_url(values))
     values.setdefault("AIRFLOW_CONN_RETRAIN_DB", history_connection(values))
@@ -166,3 +188,10 @@ def ensure(
     values.setdefault("AIRFLOW__CELERY__RESULT_BACKEND", "db+" + database_url(values))
     changed = write_private(profile.env_file, render(values), mode=mode, group=group)
     return read_env_file(profile.env_file), changed
+
+
+def update(profile: Profile, changes: dict[str, str], mode: int, group: int | None = None) -> bool:
+    """Set ``changes`` in the existing file (a value the deployment derives, such as the broker
+    URL with the broker's password); True if the file changed."""
+    values = {**read_env_file(profile.env_file), **changes}
+    return write_private(profile.env_file, render(values), mode=mode, group=group)

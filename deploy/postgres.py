@@ -9,6 +9,7 @@ environment file holding it was just made.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import socket
@@ -148,11 +149,76 @@ def ensure_password_auth(admin: Admin, env: dict[str, str], say: Callable[[str],
     return True
 
 
+def worker_network(env: dict[str, str]) -> str:
+    """RETRAIN_WORKER_NETWORK as a CIDR, or a message saying what to set."""
+    value = env.get("RETRAIN_WORKER_NETWORK", "")
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise PostgresError(
+            f"RETRAIN_PRIVATE_HOST={env['RETRAIN_PRIVATE_HOST']} needs RETRAIN_WORKER_NETWORK, the network "
+            f"(CIDR, such as 10.0.0.0/24) the worker VMs connect from; got {value!r}"
+        ) from None
+    if network.prefixlen == 0:
+        raise PostgresError(f"RETRAIN_WORKER_NETWORK={value}: that is every address; name the workers' network")
+    return str(network)
+
+
+def _cluster_at(port: str) -> list[str]:
+    """[version, name] of the Debian cluster on ``port``, or []."""
+    if not shutil.which("pg_lsclusters"):
+        return []
+    for line in subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == port:
+            return fields[:2]
+    return []
+
+
+def ensure_private_access(admin: Admin, env: dict[str, str], say: Callable[[str], None]) -> list[str]:
+    """Worker VMs reach the database on RETRAIN_PRIVATE_HOST, from RETRAIN_WORKER_NETWORK only,
+    with the role's password; PostgreSQL listens there too (a restart; Debian clusters are
+    restarted here, another server is named with what to do). Returns what changed."""
+    host, port = env["RETRAIN_PRIVATE_HOST"], env["RETRAIN_PG_PORT"]
+    user, db, network = env["RETRAIN_PG_USER"], env["RETRAIN_PG_DB"], worker_network(env)
+    changed = []
+    hba = Path(admin.run("SHOW hba_file"))
+    rule = f"host {db} {user} {network} scram-sha-256"
+    text = hba.read_text()
+    if rule not in text.splitlines():
+        hba.write_text(f"{rule}\n{text}")
+        admin.run("SELECT pg_reload_conf()")
+        changed.append(f"pg_hba.conf: {user}@{db} from {network} with its password")
+    running = admin.run("SHOW listen_addresses")
+    # What the next start reads: the last listen_addresses of the config files (ALTER SYSTEM's last).
+    pending = admin.run(
+        "SELECT setting FROM pg_file_settings WHERE name = 'listen_addresses' ORDER BY seqno DESC LIMIT 1"
+    )
+    configured = [a.strip() for a in (pending or running).split(",") if a.strip()]
+    if host not in configured and "*" not in configured:
+        configured.append(host)
+        admin.run(f"ALTER SYSTEM SET listen_addresses = {literal(','.join(configured))}")
+        changed.append(f"listen_addresses = {','.join(configured)}")
+    wanted = ",".join(configured)
+    if host not in running.split(",") and "*" not in running:
+        cluster = _cluster_at(port)
+        if cluster:
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"], check=True)
+            say(f"restarted PostgreSQL cluster {'/'.join(cluster)}: it now listens on {wanted}")
+        else:
+            say(f"PostgreSQL on port {port} must restart to listen on {wanted}: restart it (not a Debian cluster)")
+    for item in changed:
+        say(item)
+    return changed
+
+
 def remove_password_auth(admin: Admin, env: dict[str, str]) -> None:
-    """Undo ``ensure_password_auth`` (when the role and database are dropped)."""
+    """Undo ``ensure_password_auth`` and ``ensure_private_access`` (when the role and database are dropped)."""
     user, db = env["RETRAIN_PG_USER"], env["RETRAIN_PG_DB"]
     hba = Path(admin.run("SHOW hba_file"))
     ours = {f"host {db} {user} 127.0.0.1/32 scram-sha-256", f"host {db} {user} ::1/128 scram-sha-256"}
+    if env.get("RETRAIN_WORKER_NETWORK"):
+        ours.add(f"host {db} {user} {worker_network(env)} scram-sha-256")
     kept = [line for line in hba.read_text().splitlines() if line not in ours]
     hba.write_text("\n".join(kept) + "\n")
     admin.run("SELECT pg_reload_conf()")

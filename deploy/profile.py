@@ -36,6 +36,7 @@ class Profile:
             "VENV": str(self.venv),
             "STATE_DIR": str(self.state_dir),
             "ENV_FILE": str(self.env_file),
+            "ETC_DIR": str(self.etc_dir),
             "SERVICE_USER": self.service_user,
             "SERVICE_GROUP": self.service_group,
         }

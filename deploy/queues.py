@@ -37,6 +37,18 @@ def spec_queues(pipelines_dir: Path) -> dict[str, list[str]]:
     return found
 
 
+def status_lines(env: dict[str, str], bundle: Path) -> list[str]:
+    """make status's Celery lines, local stack or VM: asks the workers through the broker in
+    ``env`` (the deployment's environment file) and compares their bundle with ``bundle``."""
+    import os
+
+    from deploy.workers import bundle_version
+
+    os.environ.update(env)  # Celery's client reads the broker URL from the environment
+    _, lines = report(Path(env["RETRAIN_PIPELINES_DIR"]), consumers(), versions(), bundle_version(bundle))
+    return lines
+
+
 def report(
     pipelines_dir: Path, live: dict[str, list[str]], running: dict[str, str], ours: str
 ) -> tuple[bool, list[str]]:

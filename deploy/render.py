@@ -48,10 +48,18 @@ def executor_settings(env: dict[str, str]) -> dict[str, str]:
     return {"RETRAIN_AIRFLOW_EXECUTOR": EXECUTORS[choice]}
 
 
+def logging_settings(env: dict[str, str]) -> dict[str, str]:
+    """Remote task logs when ``RETRAIN_REMOTE_LOGS`` names an S3 folder."""
+    folder = env.get("RETRAIN_REMOTE_LOGS", "")
+    if folder and not folder.startswith("s3://"):
+        raise RenderError(f"RETRAIN_REMOTE_LOGS={folder!r}: use s3://<bucket>/<prefix> (the aws_default connection)")
+    return {"RETRAIN_REMOTE_LOGS": folder, "RETRAIN_REMOTE_LOGGING": str(bool(folder))}
+
+
 def config_text(env: dict[str, str]) -> str:
     template = string.Template((BUNDLE / "airflow.cfg.template").read_text())
     try:
-        text = template.substitute({**env, **executor_settings(env)})
+        text = template.substitute({**env, **executor_settings(env), **logging_settings(env)})
     except KeyError as exc:
         raise RenderError(
             f"airflow.cfg.template needs {exc.args[0]}, which the environment file lacks; "
@@ -76,12 +84,12 @@ def unit_names() -> list[str]:
     return sorted(p.name for p in UNIT_TEMPLATES.iterdir() if p.suffix in (".service", ".target", ".timer"))
 
 
-def render_units(profile: Profile) -> list[str]:
-    """Render every unit into ``profile.unit_dir``; return the names that changed."""
+def render_units(profile: Profile, names: list[str] | None = None) -> list[str]:
+    """Render every unit (or ``names``) into ``profile.unit_dir``; return the names that changed."""
     values = profile.unit_values()
     return [
         name
-        for name in unit_names()
+        for name in names or unit_names()
         if write_if_changed(profile.unit_dir / name, unit_text(UNIT_TEMPLATES / name, values))
     ]
 

@@ -129,26 +129,35 @@ def start_s3(profile: Profile, env: dict[str, str]) -> None:
 
 
 def ensure_broker(profile: Profile, env: dict[str, str]) -> None:
-    """The Celery broker: one that answers is used; a Redis on loopback is started (installed)."""
+    """The Celery broker: one that answers is used; a Redis on loopback is started from
+    airflow-broker.service with its rendered redis.conf (installed first when missing)."""
     url = env["AIRFLOW__CELERY__BROKER_URL"]
-    scheme, host, port = broker.address(url)
-    where = f"{scheme}://{host}:{port}"
+    where = broker.redacted(url)
     if broker.answers(url):
         say(f"Celery broker answers on {where}: using it")
         return
-    if not scheme.startswith("redis") or host not in ("127.0.0.1", "localhost"):
+    if not broker.ours(url):
         raise StackError(f"the Celery broker {where} does not answer: start it, or set RETRAIN_BROKER_URL")
     broker.install_redis(say)
     data = profile.state_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    services.spawn(profile, "redis", broker.redis_command(port, data))
-    services.wait_until(lambda: broker.answers(url), 30, "Redis", profile, "redis")
-    say(f"started redis-server on {where} (data in {data}, append-only; make down stops it)")
+    envfile.write_private(profile.etc_dir / "redis.conf", broker.config_text(url, data))
+    services.start(profile, "broker")
+    services.wait_until(lambda: broker.answers(url), 30, "Redis", profile, "broker")
+    say(f"started redis-server on {where} (airflow-broker.service; data in {data}, append-only; make down stops it)")
 
 
 def start_workers(profile: Profile, env: dict[str, str]) -> None:
-    """Two Celery workers, each with a state directory of its own, as on two machines."""
-    for name in workers.LOCAL_WORKERS:
+    """Two Celery workers (or RETRAIN_LOCAL_WORKERS=1), each with a state directory of its own,
+    as on two machines."""
+    try:
+        wanted = workers.local_workers(env)
+    except ValueError as exc:
+        raise StackError(str(exc)) from None
+    for name in set(workers.LOCAL_WORKERS) - set(wanted):
+        if services.stop(workers.local_worker(profile, name), workers.UNIT):
+            say(f"stopped Celery worker {name} (RETRAIN_LOCAL_WORKERS={len(wanted)})")
+    for name in wanted:
         worker = workers.local_worker(profile, name)
         worker.state_dir.mkdir(parents=True, exist_ok=True)
         values, _ = envfile.ensure(worker, workers.local_overrides(env, profile, name), mode=0o600)
@@ -243,7 +252,7 @@ def up(reset_db: bool = False) -> None:
 def down() -> None:
     profile = local_profile()
     stop_workers(profile)
-    for name in (*reversed(AIRFLOW_PROCESSES), "s3", "redis"):
+    for name in (*reversed(AIRFLOW_PROCESSES), "s3", "broker"):
         if services.stop(profile, name):
             say(f"stopped {name}")
     say("stack stopped (the local S3 endpoint's objects were in memory and are gone)")
@@ -264,10 +273,7 @@ def status() -> int:
         for name in workers.LOCAL_WORKERS:
             pid = services.running(workers.local_worker(profile, name), workers.UNIT)
             say(f"{'worker ' + name:14} {'running, pid ' + str(pid) if pid else 'not running'}")
-        os.environ.update(services.process_env(profile))  # the broker URL, for Celery's client
-        ours = workers.bundle_version(profile.bundle_dir)
-        _, lines = queues.report(Path(env["RETRAIN_PIPELINES_DIR"]), queues.consumers(), queues.versions(), ours)
-        for line in lines:
+        for line in queues.status_lines(services.process_env(profile), profile.bundle_dir):
             say(f"celery: {line}")
         return 0
     _, lines = preload.report(profile.state_dir, services.running(profile, "scheduler"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -27,18 +28,47 @@ PER_MACHINE = (
     "RETRAIN_WORKER_QUEUES",
     "RETRAIN_WORKER_CONCURRENCY",
 )
+# Where a VM's files are: a worker VM has its own (make deploy ROLE=worker sets them).
+PATHS = ("PYTHONPATH", "RETRAIN_BUNDLE_DIR", "RETRAIN_DAGS_DIR", "RETRAIN_PIPELINES_DIR")
+# Secrets only the main VM's processes use, never a worker: the key that signs API logins and
+# tokens, and the one of the log servers. A stolen worker.env must not let anyone log in.
+MAIN_ONLY = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "RETRAIN_BROKER_PASSWORD")
+# What a worker VM reaches on the main VM: loopback there is the private address here.
+REMOTE = (
+    "RETRAIN_PG_HOST",
+    "RETRAIN_API_HOST",
+    "RETRAIN_BROKER_URL",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW_CONN_RETRAIN_DB",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+)
+LOOPBACK = re.compile(r"(?<=[/@])(127\.0\.0\.1|localhost)(?=[:/]|$)|^(127\.0\.0\.1|localhost)$")
 # The local stack's workers: both consume the default queue, the second also a queue of its
 # own (a spec with ``queue: large`` runs only there), as a big machine would.
 SECOND_QUEUE = "large"
 LOCAL_WORKERS = {"worker1": "default", "worker2": f"default,{SECOND_QUEUE}"}
+# RETRAIN_LOCAL_WORKERS=1 runs worker1 alone, consuming both queues (make bench compares one and two).
+ALONE = {"worker1": f"default,{SECOND_QUEUE}"}
 UNIT = "celery-worker"  # deploy/systemd/airflow-celery-worker.service
 
 
 def worker_values(main: dict[str, str], name: str, queues: str) -> dict[str, str]:
     """The environment-file values of a worker named ``name`` consuming ``queues``."""
-    values = {k: v for k, v in main.items() if k not in PER_MACHINE}
+    values = {k: v for k, v in main.items() if k not in PER_MACHINE and k not in MAIN_ONLY}
     values["RETRAIN_WORKER_NAME"] = f"{name}@{socket.gethostname()}"
     values["RETRAIN_WORKER_QUEUES"] = queues
+    return values
+
+
+def for_worker_vms(main: dict[str, str], private_host: str) -> dict[str, str]:
+    """worker.env: what the main VM's environment file gives a worker VM. Its own paths and
+    the main VM's own secrets are left out, and every loopback address of the main VM's
+    services (database, broker, api-server) becomes ``private_host``, where workers reach it."""
+    values = {k: v for k, v in main.items() if k not in (*PER_MACHINE, *PATHS, *MAIN_ONLY)}
+    for key in REMOTE:
+        if key in values:
+            values[key] = LOOPBACK.sub(private_host, values[key])
     return values
 
 
@@ -48,13 +78,21 @@ def local_worker(main: Profile, name: str) -> Profile:
     return replace(main, state_dir=state, etc_dir=state, unit_dir=state / "systemd")
 
 
+def local_workers(main_env: dict[str, str]) -> dict[str, str]:
+    """Name -> queues of the local stack's workers: two unless ``RETRAIN_LOCAL_WORKERS=1``."""
+    count = main_env.get("RETRAIN_LOCAL_WORKERS", "2")
+    if count not in ("1", "2"):
+        raise ValueError(f"RETRAIN_LOCAL_WORKERS={count!r}: the local stack runs 1 or 2 Celery workers")
+    return ALONE if count == "1" else LOCAL_WORKERS
+
+
 def local_overrides(main_env: dict[str, str], main: Profile, name: str) -> dict[str, str]:
     """What a local worker changes beyond ``worker_values``: on one machine its task logs go to
     the stack's log folder (the api-server reads them there, as it would from remote logging)
     and its task instances carry the worker's name as their hostname, so the two workers of
     one machine are told apart in the UI and the metadata database."""
     return {
-        **worker_values(main_env, name, LOCAL_WORKERS[name]),
+        **worker_values(main_env, name, local_workers(main_env)[name]),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(main.state_dir / "logs"),
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "deploy.workers.worker_name",
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MEASUREMENTS, free_port, wait_for_port
+from tests.helpers import DEPLOY_VENV_DIR, MEASUREMENTS, free_port, wait_for_port
 
 # Before anything imports Airflow: its configuration is read once, at import.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="retrain-airflow-home-"))
@@ -41,6 +42,27 @@ def s3_endpoint() -> Iterator[str]:
 # Each worker takes whole test files, so a module's fixtures (make deploy's deployment, the
 # Celery stack) are made once, and each worker that runs a live-stack test starts its own
 # stack. Tests that use the machine's PostgreSQL name their databases per worker (per_worker).
+
+
+OWN_DEPLOY_VENV = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's one directory for the `make deploy` tests' shared virtualenv
+    (tests.helpers.deploy_venv): made before the workers start, so they inherit its name."""
+    if not hasattr(config, "workerinput") and DEPLOY_VENV_DIR not in os.environ:
+        root = Path(tempfile.mkdtemp(prefix="retrain-test-deploy-venv-"))
+        root.chmod(0o755)  # the deployments' service users run it
+        os.environ[DEPLOY_VENV_DIR] = str(root)
+        config.stash[OWN_DEPLOY_VENV] = root
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the shared virtualenv this session made (about 1 GB)."""
+    root = config.stash.get(OWN_DEPLOY_VENV, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        os.environ.pop(DEPLOY_VENV_DIR, None)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

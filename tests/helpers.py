@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from deploy.install import ensure_venv
 from deploy.postgres import ensure_server
 from deploy.stack import free_port
 
 __all__ = [
     "BUNDLE",
+    "DEPLOY_MARKS",
+    "DEPLOY_VENV_DIR",
     "MEASUREMENTS",
+    "deploy_venv",
     "ensure_database",
     "ensure_postgres",
     "free_port",
+    "make",
     "per_worker",
     "record_measurement",
     "role_permissions",
@@ -86,3 +96,38 @@ def record_measurement(line: str) -> None:
     MEASUREMENTS.parent.mkdir(parents=True, exist_ok=True)
     with MEASUREMENTS.open("a") as handle:
         handle.write(line + "\n")
+
+
+# The `make deploy` tests: they run as root (system users, /etc-like paths, runuser), slowly
+# (a virtualenv per deployment), so make test-fast leaves them out (marker deploy).
+DEPLOY_MARKS = [
+    pytest.mark.deploy,
+    pytest.mark.skipif(os.geteuid() != 0, reason="make deploy runs as root"),
+    pytest.mark.skipif(not shutil.which("runuser"), reason="needs runuser"),
+]
+
+
+def make(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``make -s ARGS`` in the bundle with ``env``; its output goes to the test's report."""
+    done = subprocess.run(["make", "-s", *args], cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=900)
+    print(done.stdout[-4000:], done.stderr[-4000:])
+    return done
+
+
+# Set by the session (tests/conftest.py) before pytest-xdist starts its workers, so both share it.
+DEPLOY_VENV_DIR = "RETRAIN_TEST_DEPLOY_VENV_DIR"
+
+
+def deploy_venv() -> Path:
+    """The virtualenv every `make deploy` test of this run links its deployment's venv to.
+
+    Building one takes about two minutes; a run deploys three times. ``make deploy`` finds a
+    linked venv current (its requirements stamp matches) and leaves it alone, so the venv is
+    built once, here, by deploy's own ``ensure_venv`` (checked as an unprivileged user, as the
+    service user would be) under a lock: both workers may ask at once. The session removes it.
+    """
+    root = Path(os.environ[DEPLOY_VENV_DIR])
+    with (root / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_venv(SimpleNamespace(venv=root / "venv", bundle_dir=BUNDLE, service_user="nobody"))  # type: ignore[arg-type]
+    return root / "venv"

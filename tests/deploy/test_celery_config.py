@@ -65,7 +65,10 @@ def test_worker_unit_runs_its_queues_under_the_same_sandbox(profile: Profile) ->
     render.render_units(profile)
     text = (profile.unit_dir / "airflow-celery-worker.service").read_text()
     pre, command = render.unit_commands(profile.unit_dir / "airflow-celery-worker.service")
-    assert pre == [f"{profile.venv}/bin/python -m deploy.preload check"]
+    assert pre == [
+        f"{profile.venv}/bin/python -m deploy.broker wait",
+        f"{profile.venv}/bin/python -m deploy.preload check",
+    ]
     assert command.startswith(f"{profile.venv}/bin/airflow celery worker --queues ${{RETRAIN_WORKER_QUEUES}}")
     assert "--skip-serve-logs" in command
     for line in ("KillMode=mixed", "TimeoutStopSec=35min", "ProtectSystem=strict", "CapabilityBoundingSet="):
@@ -82,11 +85,67 @@ def test_a_command_is_expanded_like_systemd_and_a_missing_variable_named() -> No
 
 
 def test_a_worker_takes_the_deployment_settings_but_not_the_machine_ones() -> None:
-    main = {"RETRAIN_STATE_DIR": "/var/lib/x", "AIRFLOW_HOME": "/h", "AIRFLOW__API_AUTH__JWT_SECRET": "s", "A": "1"}
+    main = {"RETRAIN_STATE_DIR": "/var/lib/x", "AIRFLOW_HOME": "/h", "RETRAIN_SIGNING_KEY": "k", "A": "1"}
     values = workers.worker_values(main, "big", "default,large")
-    assert values["AIRFLOW__API_AUTH__JWT_SECRET"] == "s" and values["A"] == "1"
+    assert values["RETRAIN_SIGNING_KEY"] == "k" and values["A"] == "1", "tasks sign what they publish"
     assert "RETRAIN_STATE_DIR" not in values and "AIRFLOW_HOME" not in values
     assert values["RETRAIN_WORKER_NAME"].startswith("big@") and values["RETRAIN_WORKER_QUEUES"] == "default,large"
+
+
+def test_a_worker_gets_no_secret_that_logs_in(profile: Profile) -> None:
+    """A stolen worker.env must not mint API logins: jwt_secret, secret_key and the broker's
+    own password (the URL carries what a worker needs) stay on the main VM."""
+    main = celery_env(profile)
+    for values in (workers.worker_values(main, "w", "default"), workers.for_worker_vms(main, "10.0.0.5")):
+        assert not set(workers.MAIN_ONLY) & set(values)
+        assert values["RETRAIN_SIGNING_KEY"] == main["RETRAIN_SIGNING_KEY"]
+
+
+def test_worker_vms_reach_the_main_vm_on_its_private_address(profile: Profile) -> None:
+    main = celery_env(profile, RETRAIN_BROKER_URL="redis://:pw@127.0.0.1:6379/0", RETRAIN_API_HOST="10.0.0.5")
+    values = workers.for_worker_vms(main, "10.0.0.5")
+    assert values["RETRAIN_PG_HOST"] == "10.0.0.5" and values["RETRAIN_API_HOST"] == "10.0.0.5"
+    assert values["AIRFLOW__CELERY__BROKER_URL"] == "redis://:pw@10.0.0.5:6379/0"
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_RETRAIN_DB", "AIRFLOW__CELERY__RESULT_BACKEND"):
+        assert "@10.0.0.5:5432/" in values[key] and "127.0.0.1" not in values[key], key
+    assert not {"AIRFLOW_HOME", "RETRAIN_BUNDLE_DIR", "PYTHONPATH", "RETRAIN_WORKER_NAME"} & set(values), "its own"
+
+
+def test_the_broker_config_keeps_the_password_off_the_command_line(profile: Profile, tmp_path: Path) -> None:
+    text = broker.config_text("redis://:s3cret@127.0.0.1:6390/0", tmp_path / "redis", "10.0.0.5")
+    lines = text.splitlines()
+    assert "bind 127.0.0.1 10.0.0.5" in lines and "port 6390" in lines and "requirepass s3cret" in lines
+    assert "appendonly yes" in lines and f"dir {tmp_path / 'redis'}" in lines
+    assert not any(
+        line.startswith("requirepass") for line in broker.config_text("redis://127.0.0.1/0", tmp_path).splitlines()
+    )
+    render.render_units(profile)
+    unit = (profile.unit_dir / "airflow-broker.service").read_text()
+    _, command = render.unit_commands(profile.unit_dir / "airflow-broker.service")
+    assert command == f"/usr/bin/redis-server {profile.etc_dir / 'redis.conf'}"
+    assert "s3cret" not in unit and "airflow-broker" not in (profile.unit_dir / "airflow.target").read_text()
+
+
+def test_a_redacted_broker_url_hides_only_the_password() -> None:
+    assert broker.redacted("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert broker.redacted("amqp://u:p@mq:5672//") == "amqp://u:***@mq:5672//"
+    assert broker.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_the_worker_start_check_names_a_broker_that_is_down(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("AIRFLOW__CELERY__BROKER_URL", f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+    assert broker.wait() == 1
+    err = capsys.readouterr().err
+    assert "does not answer: Connection refused" in err and "/tcp" in err and "s3cret" not in err
+
+
+def test_one_local_worker_takes_every_queue() -> None:
+    assert workers.local_workers({}) == workers.LOCAL_WORKERS
+    assert workers.local_workers({"RETRAIN_LOCAL_WORKERS": "1"}) == {"worker1": f"default,{workers.SECOND_QUEUE}"}
+    with pytest.raises(ValueError, match="1 or 2"):
+        workers.local_workers({"RETRAIN_LOCAL_WORKERS": "3"})
 
 
 def test_the_bundle_version_follows_the_code(tmp_path: Path) -> None:

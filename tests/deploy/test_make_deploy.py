@@ -1,9 +1,10 @@
 """`make deploy` twice on this machine, as root: the second run changes nothing.
 
 Paths go to a temporary directory and the service user, role and database carry test
-names, so a real deployment on the same machine is not touched. Installing the
-virtualenv makes these the slowest tests (about a minute and a half per deployment):
-they carry the ``deploy`` marker, which ``make test-fast`` leaves out. The tests that
+names, so a real deployment on the same machine is not touched. Each deployment's
+virtualenv is a link to the run's shared one (tests.helpers.deploy_venv: built once, by
+deploy's own code), which ``make deploy`` finds current. Building it makes these the
+slowest tests: they carry the ``deploy`` marker, which ``make test-fast`` leaves out. The tests that
 only look at a deployment share one; the undeploy test removes its own.
 """
 
@@ -26,13 +27,9 @@ from deploy.envfile import SECRET_KEYS, read_env_file
 from deploy.install import systemd_running
 from deploy.profile import vm_profile
 from deploy.services import health, wait_until
-from tests.helpers import BUNDLE, free_port, role_permissions
+from tests.helpers import BUNDLE, DEPLOY_MARKS, deploy_venv, free_port, make, role_permissions
 
-pytestmark = [
-    pytest.mark.deploy,
-    pytest.mark.skipif(os.geteuid() != 0, reason="make deploy runs as root"),
-    pytest.mark.skipif(not shutil.which("runuser"), reason="needs runuser"),
-]
+pytestmark = DEPLOY_MARKS
 
 USER = "retrain-deploy-test"
 DB = "airflow_deploy_test"
@@ -48,12 +45,6 @@ class Deployment:
     env: dict[str, str]
     root: Path
     first: subprocess.CompletedProcess[str]  # the first `make deploy`: what it printed
-
-
-def make(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["make", "-s", *args], cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=900)
-    print(done.stdout[-4000:], done.stderr[-4000:])
-    return done
 
 
 @contextmanager
@@ -76,6 +67,8 @@ def deployed(user: str, db: str) -> Iterator[Deployment]:
     # The same names from a session that was killed before its clean-up: start from nothing.
     subprocess.run(undeploy, cwd=BUNDLE, env=env, capture_output=True)
     try:
+        (root / "opt").mkdir()
+        (root / "opt" / "venv").symlink_to(deploy_venv())
         first = make(env, "deploy")
         assert first.returncode == 0, first.stderr[-2000:]
         yield Deployment(env, root, first)
@@ -211,6 +204,7 @@ def test_undeploy_keeps_the_database(own_deployment: Deployment) -> None:
     env, root = own_deployment.env, own_deployment.root
     assert make(env, "undeploy").returncode == 0
     assert not (root / "opt").exists() and not (root / "etc").exists() and not (root / "var").exists()
+    assert (deploy_venv() / "bin" / "python").exists(), "a linked virtualenv loses its link, not its files"
     assert list((root / "units").iterdir()) == [], "every unit is removed"
     query = f"select 1 from pg_database where datname = '{UNDEPLOY_DB}'"
     exists = subprocess.run(

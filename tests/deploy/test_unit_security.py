@@ -782,5 +782,34 @@ def test_services_run_healthy_inside_their_units_sandbox(sandbox: Sandbox) -> No
     sandbox.run("airflow-watchdog.service", "systemctl --version", timeout=60)
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(sandbox_ready() is not None, reason=f"sandbox: {sandbox_ready()}")
+def test_the_broker_runs_inside_its_units_sandbox(sandbox: Sandbox) -> None:
+    """airflow-broker.service's Redis starts under the unit's restrictions (its system-call
+    filter, no W+X memory, a read-only system) with its rendered redis.conf, answers only with
+    the password, and keeps its append-only file in the state directory."""
+    from deploy import broker, envfile
+
+    password = "sandbox-broker-password"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    data = sandbox.profile.state_dir / "redis"
+    data.mkdir(mode=0o750)
+    os.chown(data, sandbox.user.pw_uid, sandbox.user.pw_gid)
+    conf = sandbox.profile.etc_dir / "redis.conf"
+    envfile.write_private(conf, broker.config_text(url, data), mode=0o640, group=sandbox.user.pw_gid)
+    sandbox.start("broker")
+    deadline = time.monotonic() + 30
+    while not broker.answers(url) and time.monotonic() < deadline:
+        assert sandbox.processes["broker"].poll() is None, f"Redis exited in its sandbox:\n{sandbox.tail('broker')}"
+        time.sleep(0.2)
+    assert broker.answers(url), sandbox.tail("broker")
+    assert "NOAUTH" in broker.probe(f"redis://127.0.0.1:{port}/0"), "no password, no queue"
+    assert_sandboxed(sandbox.processes["broker"].pid, sandbox.user.pw_uid, "airflow-broker")
+    assert list(data.rglob("*.aof*")), f"no append-only file in {data}: {sorted(data.rglob('*'))}"
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

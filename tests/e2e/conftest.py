@@ -176,7 +176,7 @@ def write_pipelines(state: Path, dags: Path, pipelines: Path, specs: dict[str, d
             "model": fields["model"],
             "split": fields["split"],
             "series": "\n".join(f"  - {{name: {c}, target: {c}}}" for c in series_columns(count)),
-            "tags": FAULT_TAG if name in FAULT_PIPELINES else "",
+            "tags": fields.get("tags", FAULT_TAG if name in FAULT_PIPELINES else ""),
             "queue": fields.get("queue", "default"),
         }
         (pipelines / f"{name}.yaml").write_text(TEST_SPEC.format(name=name, csv=csv, **spec))
@@ -356,7 +356,7 @@ def viewer_user(stack: Stack) -> UiUser:
     """
     user = UiUser("viewer", secrets.token_urlsafe(15))
     done = stack.run(
-        "airflow", "users", "create", "--role", "Viewer", "--username", user.name, "--password", user.password,
+        "airflow", "users", "create", "--role", "Viewer", "--username", user.name, f"--password={user.password}",
         "--email", "viewer@localhost", "--firstname", "Read", "--lastname", "Only",
     )  # fmt: skip
     assert done.returncode == 0, f"airflow users create failed: {done.stderr[-2000:]}"

@@ -35,8 +35,7 @@ def test_a_viewer_reads_the_plugin_list_through_the_rest_api(stack: Stack) -> No
         "viewer-e2e",
         "--role",
         "Viewer",
-        "--password",
-        password,
+        f"--password={password}",  # a generated password may start with "-"
         "--email",
         "viewer-e2e@localhost",
         "--firstname",
