@@ -1,6 +1,6 @@
 """make bench: what Airflow costs on top of the work it orchestrates, measured side by side.
 
-Sections (all by default; pick some with --only parse,artifacts,runs,memory,models-page):
+Sections (all by default; pick some with --only parse,artifacts,runs,memory,models-page,celery):
 
   parse      parse time of dags/, cold and warm, against one empty DAG
   artifacts  published artifact size against series length (statsmodels and scikit-learn)
@@ -13,10 +13,13 @@ Sections (all by default; pick some with --only parse,artifacts,runs,memory,mode
   models-page  the Models page's overview, series page and plots, cold and warm, on a registry of
              3 pipelines x 10 series x 50 versions (benchmarks/models_page.py: an S3 endpoint and
              a history database of its own, no stack)
+  celery     the same runs on the CeleryExecutor: two workers or one, preload on or off, each
+             on a stack of its own (benchmarks/celery_workers.py)
 
 It starts a stack of its own the way `make run` does (state in .stack-bench/, database
 airflow_retrain_bench recreated, free ports), stops it and deletes its state at the end,
-prints a table and writes bench/results.json.
+prints a table and writes the sections it measured into bench/results.json (the others
+stay as an earlier run left them).
 
     .venv/bin/python benchmarks/bench.py [--only runs] [--series 1,8] [--config defaults]
 """
@@ -27,15 +30,10 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,66 +41,21 @@ from typing import Any
 BUNDLE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BUNDLE))
 
-from benchmarks import memory, models_page, synthetic  # noqa: E402
+from benchmarks import celery_workers, memory, models_page  # noqa: E402
 from benchmarks.parse_time import parse_times  # noqa: E402
+from benchmarks.stack_runs import BenchError, Stack, bench_stack, pct, run_pipeline, say  # noqa: E402
 from deploy import preload, services  # noqa: E402
-from deploy.envfile import read_env_file  # noqa: E402
-from deploy.profile import local_profile  # noqa: E402
-from deploy.stack import isolated_env  # noqa: E402
 
-SECTIONS = ("parse", "artifacts", "runs", "memory", "models-page")
-STAGES = ("extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote")
+SECTIONS = ("parse", "artifacts", "runs", "memory", "models-page", "celery")
 # Airflow's own defaults for what the shipped config changes: the "preload off" side.
 CONFIGS = {
     "shipped": {},
     "defaults": {"AIRFLOW__SCHEDULER__MP_START_METHOD": "fork", "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "1"},
 }
-STAGE_LOG = re.compile(r"stage (\w+) took ([0-9.]+)s")
 REPEATS_AT_ONE = 3  # the 1-series run is short: three runs give the gaps and the ratio a median
 
 
-class BenchError(RuntimeError):
-    """The benchmark could not measure something (a run failed, the stack did not start)."""
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) by linear interpolation; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 # -- the stack ---------------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    state: Path
-    env: dict[str, str]  # what the stack's processes get (the caller's plus the env file)
-    api: Any
-
-    @property
-    def profile(self):
-        return local_profile({"RETRAIN_STACK_DIR": str(self.state)})
-
-    def sql(self, query: str, *params: Any) -> list[tuple]:
-        import psycopg2
-
-        with psycopg2.connect(self.env["AIRFLOW_CONN_RETRAIN_DB"]) as conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-
-    def leaders(self) -> dict[str, int]:
-        found = {name: services.running(self.profile, name) for name in ("api-server", "scheduler", "dag-processor")}
-        return {name: pid for name, pid in found.items() if pid}
 
 
 def pipelines_for(series_counts: list[int]) -> dict[str, int]:
@@ -117,112 +70,7 @@ def pipelines_for(series_counts: list[int]) -> dict[str, int]:
     return names
 
 
-@contextmanager
-def bench_stack(config: str, series_counts: list[int]) -> Iterator[Stack]:
-    from include.retrain_airflow.cli import api_from_env, wait_for_dags
-
-    state = BUNDLE / ".stack-bench"
-    shutil.rmtree(state, ignore_errors=True)
-    csv = synthetic.write_csv(state / "data" / "weekly.csv")
-    names = pipelines_for(series_counts)
-    for name, count in names.items():
-        dags = None if name.startswith("bare_") else state / "dags"
-        synthetic.write_pipeline(name, count, csv, state / "pipelines", dags)
-    env = isolated_env(state, "airflow_retrain_bench", "retrain-bench", state / "dags", state / "pipelines")
-    env.update(CONFIGS[config])
-    command = [sys.executable, str(BUNDLE / "deploy" / "stack.py")]
-    say(f"starting a stack of its own in {state} ({config} config)")
-    try:
-        subprocess.run([*command, "up", "--reset-db"], env=env, check=True, timeout=600)
-        file_env = read_env_file(state / "airflow.env")
-        stack = Stack(state=state, env={**env, **file_env}, api=api_from_env(file_env))
-        wait_for_dags(stack.api, [f"retrain_{n}" for n in names if n.startswith("bench_")], timeout=300)
-        yield stack
-    finally:
-        subprocess.run([*command, "down"], env=env, timeout=300)
-        shutil.rmtree(state, ignore_errors=True)
-        say(f"stopped the bench stack and deleted {state}")
-
-
 # -- runs --------------------------------------------------------------------------------
-
-
-def run_pipeline(stack: Stack, name: str) -> dict:
-    """Trigger one run, wait for it, and read its timings from the metadata database and task logs."""
-    from include.retrain_airflow.cli import failed_tasks, trigger, wait_for_runs
-
-    dag_id = f"retrain_{name}"
-    leaders = {**stack.leaders(), "s3": services.running(stack.profile, "s3")}
-    cpu_before = memory.cpu_by_part(leaders)
-    run_id = trigger(stack.api, dag_id)
-    state = wait_for_runs(stack.api, {dag_id: run_id}, timeout=1800)[dag_id]
-    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in memory.cpu_by_part(leaders).items()}
-    if state != "success":
-        raise BenchError(f"{dag_id} run {run_id} ended {state}: {'; '.join(failed_tasks(stack.api, dag_id, run_id))}")
-    return timings(stack, dag_id, run_id) | {"cpu_s": cpu}
-
-
-def stage_seconds(stack: Stack, dag_id: str, run_id: str, task_id: str, map_index: int, attempt: int) -> float | None:
-    log = (
-        stack.state
-        / "logs"
-        / f"dag_id={dag_id}"
-        / f"run_id={run_id}"
-        / f"task_id={task_id}"
-        / f"map_index={map_index}"
-        / f"attempt={attempt}.log"
-    )
-    if not log.exists():
-        return None
-    matches = STAGE_LOG.findall(log.read_text(errors="replace"))
-    return float(matches[-1][1]) if matches else None
-
-
-def timings(stack: Stack, dag_id: str, run_id: str) -> dict:
-    ((queued, ended),) = stack.sql(
-        "select queued_at, end_date from dag_run where dag_id=%s and run_id=%s", dag_id, run_id
-    )
-    rows = stack.sql(
-        "select task_id, map_index, start_date, end_date, try_number from task_instance "
-        "where dag_id=%s and run_id=%s and start_date is not null",
-        dag_id,
-        run_id,
-    )
-    tasks = []
-    for task_id, map_index, start, end, attempt in rows:
-        if task_id not in STAGES:  # finish: set to success by the scheduler, no task process to measure
-            continue
-        work = stage_seconds(stack, dag_id, run_id, task_id, map_index, attempt)
-        duration = (end - start).total_seconds()
-        tasks.append(
-            {
-                "task": task_id,
-                "map_index": map_index,
-                "start": start,
-                "end": end,
-                "duration_s": duration,
-                "work_s": work,
-                "overhead_s": None if work is None else duration - work,
-            }
-        )
-    gaps = []
-    for i, stage in enumerate(STAGES[1:], start=1):
-        upstream = [t["end"] for t in tasks if t["task"] == STAGES[i - 1]]
-        starts = [t["start"] for t in tasks if t["task"] == stage]
-        if upstream and starts:
-            gaps.append((min(starts) - max(upstream)).total_seconds())  # upstream done -> this stage starts
-    return {
-        "dag_id": dag_id,
-        "run_id": run_id,
-        "wall_s": (ended - queued).total_seconds(),
-        "first_task_s": (min(t["start"] for t in tasks) - queued).total_seconds(),
-        "tasks": len(tasks),
-        "task_duration_s": [t["duration_s"] for t in tasks],
-        "overhead_s": [t["overhead_s"] for t in tasks if t["overhead_s"] is not None],
-        "work_s": sum(t["work_s"] or 0 for t in tasks),
-        "busy_slot_s": sum(t["duration_s"] for t in tasks),
-        "gaps_s": gaps,
-    }
 
 
 def bare_run(stack: Stack, name: str) -> dict:
@@ -456,6 +304,8 @@ def table(results: dict) -> str:
                 )
     if "models_page" in results:
         out.append(f"7. {models_page.table(results['models_page'])}")
+    if "celery" in results:
+        out.extend(celery_workers.table(results["celery"]))
     return "\n".join(out)
 
 
@@ -497,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results["artifacts"] = artifact_sizes()
     if "runs" in only or "memory" in only:
-        with bench_stack(args.config, series_counts) as stack:
+        with bench_stack(CONFIGS[args.config], pipelines_for(series_counts), label=f"{args.config} config") as stack:
             if "runs" in only:
                 results["runs"] = runs_section(stack, series_counts)
             if "memory" in only:
@@ -505,10 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     if "models-page" in only:
         say("the Models page on 3 x 10 x 50 versions (benchmarks/models_page.py)")
         results["models_page"] = models_page.measure()
+    if "celery" in only:
+        say("the CeleryExecutor: two workers, one worker, two without preload (benchmarks/celery_workers.py)")
+        results["celery"] = celery_workers.measure()
     results["bench_seconds"] = time.monotonic() - started
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1, default=default))
+    earlier = json.loads(output.read_text()) if output.exists() else {}
+    output.write_text(json.dumps(earlier | results, indent=1, default=default))
     print(
         f"\nmake bench ({args.config} config, {results['machine']['cores']} cores, "
         f"{results['bench_seconds']:.0f} s); targets are the project's\n"
