@@ -114,23 +114,27 @@ def measure(series: int = 8, runs: int = 3) -> dict[str, Any]:
     }
 
 
+def per_worker(tasks_by_host: dict[str, int]) -> str:
+    """ "worker1 14, worker2 13": the Celery node names without the machine's."""
+    return ", ".join(f"{host.split('@')[0]} {count}" for host, count in sorted(tasks_by_host.items()))
+
+
 def table(results: dict[str, Any]) -> list[str]:
     out = [
         f"8. CeleryExecutor: {results['series']}-series runs, {results['concurrency_per_worker']} tasks at once "
         "per worker (wall of each timed run; task overhead p50/p90; preload per worker)"
     ]
     for label, c in results["configs"].items():
-        hosts = ", ".join(f"{h.split('@')[0]} {n}" for h, n in sorted(c["shipped"]["tasks_by_host"].items()))
         out.append(
             f"  {label:<26} shipped pipelines (run-all): {c['shipped']['wall_s']:.1f} s "
-            f"({c['shipped']['tasks']} tasks); tasks: {hosts}"
+            f"({c['shipped']['tasks']} tasks); tasks: {per_worker(c['shipped']['tasks_by_host'])}"
         )
     for label, c in results["configs"].items():
         walls = " / ".join(f"{w:.1f}" for w in c["wall_s"])
         preload = ", ".join(f"{s:.1f} s" for s in c["preload_s"].values()) or "none"
-        hosts = ", ".join(f"{h.split('@')[0]} {n}" for h, n in sorted(c["tasks_by_host"].items()))
         out.append(
             f"  {label:<26} {walls} s ({c['tasks_per_run']} tasks); overhead "
-            f"{c['overhead_p50_s']:.2f}/{c['overhead_p90_s']:.2f} s; preload {preload}; tasks: {hosts}"
+            f"{c['overhead_p50_s']:.2f}/{c['overhead_p90_s']:.2f} s; preload {preload}; "
+            f"tasks: {per_worker(c['tasks_by_host'])}"
         )
     return out

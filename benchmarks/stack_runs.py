@@ -25,9 +25,9 @@ from deploy import services  # noqa: E402
 from deploy.envfile import read_env_file  # noqa: E402
 from deploy.profile import local_profile  # noqa: E402
 from deploy.stack import isolated_env  # noqa: E402
+from include.retrain.stages.chain import CHAIN  # noqa: E402
 
-STAGES = ("extract", "validate", "preprocess", "split", "train", "evaluate", "gate", "publish", "promote")
-
+STAGES = tuple(stage.__name__ for stage in CHAIN)  # the DAG's task ids, in order
 STAGE_LOG = re.compile(r"stage (\w+) took ([0-9.]+)s")
 
 

@@ -173,20 +173,23 @@ def ensure_venv(profile: Profile) -> bool:
     return True
 
 
+def ensure_service_dir(path: Path, service_user: str) -> bool:
+    """``path`` exists, owned by the service user, 0750; True if anything had to change."""
+    user = pwd.getpwnam(service_user)
+    changed = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    stat = path.stat()
+    if (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) != (user.pw_uid, user.pw_gid, 0o750):
+        os.chown(path, user.pw_uid, user.pw_gid)
+        path.chmod(0o750)
+        changed = True
+    return changed
+
+
 def ensure_state_dirs(profile: Profile) -> bool:
     """AIRFLOW_HOME and logs: the only places the services may write (0750 airflow)."""
-    user = pwd.getpwnam(profile.service_user)
-    changed = False
-    for path in (profile.state_dir, profile.state_dir / "airflow", profile.state_dir / "logs"):
-        if not path.exists():
-            path.mkdir(parents=True)
-            changed = True
-        stat = path.stat()
-        if (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) != (user.pw_uid, user.pw_gid, 0o750):
-            os.chown(path, user.pw_uid, user.pw_gid)
-            path.chmod(0o750)
-            changed = True
-    return changed
+    paths = (profile.state_dir, profile.state_dir / "airflow", profile.state_dir / "logs")
+    return any([ensure_service_dir(path, profile.service_user) for path in paths])  # a list: every one runs
 
 
 def vm_overrides() -> dict[str, str]:
@@ -240,10 +243,7 @@ def ensure_broker(profile: Profile, env: dict[str, str], group: int, report: Rep
         say("installed redis-server for its program; disabled the package's redis-server.service")
     report.step("redis-server installed", not had_redis)
     data = profile.state_dir / "redis"
-    made = not data.exists()
-    data.mkdir(mode=0o750, exist_ok=True)
-    service = pwd.getpwnam(profile.service_user)
-    os.chown(data, service.pw_uid, service.pw_gid)
+    made = ensure_service_dir(data, profile.service_user)
     private = env.get("RETRAIN_PRIVATE_HOST", "")
     conf = profile.etc_dir / "redis.conf"
     written = envfile.write_private(conf, broker.config_text(secured, data, private), 0o640, group)

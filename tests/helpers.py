@@ -9,13 +9,14 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from deploy.install import ensure_venv
 from deploy.postgres import ensure_server
+from deploy.profile import local_profile
 from deploy.stack import free_port
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ensure_database",
     "ensure_postgres",
     "free_port",
+    "link_deploy_venv",
     "make",
     "per_worker",
     "record_measurement",
@@ -129,5 +131,11 @@ def deploy_venv() -> Path:
     root = Path(os.environ[DEPLOY_VENV_DIR])
     with (root / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ensure_venv(SimpleNamespace(venv=root / "venv", bundle_dir=BUNDLE, service_user="nobody"))  # type: ignore[arg-type]
+        ensure_venv(replace(local_profile(), venv=root / "venv", service_user="nobody"))
     return root / "venv"
+
+
+def link_deploy_venv(prefix: Path) -> None:
+    """Make ``prefix`` (a deployment's RETRAIN_PREFIX) with its venv a link to ``deploy_venv()``."""
+    prefix.mkdir()
+    (prefix / "venv").symlink_to(deploy_venv())

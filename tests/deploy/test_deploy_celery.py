@@ -28,7 +28,7 @@ import pytest
 
 from deploy import broker, render, services
 from deploy.envfile import read_env_file
-from tests.helpers import BUNDLE, DEPLOY_MARKS, deploy_venv, free_port, make
+from tests.helpers import BUNDLE, DEPLOY_MARKS, free_port, link_deploy_venv, make
 from tests.pgcluster import Cluster
 
 pytestmark = DEPLOY_MARKS
@@ -95,8 +95,7 @@ def two_vms() -> Iterator[TwoVMs]:
     try:
         cluster.create()
         for prefix in ("opt", "worker-opt"):  # the run's shared virtualenv, as make deploy would build it
-            (root / prefix).mkdir()
-            (root / prefix / "venv").symlink_to(deploy_venv())
+            link_deploy_venv(root / prefix)
         main = make(main_env, "deploy")
         assert main.returncode == 0, main.stderr[-2000:]
         cluster.restart()  # not a Debian cluster: deploy asks for this restart (asserted below)

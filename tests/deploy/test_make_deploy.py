@@ -27,7 +27,7 @@ from deploy.envfile import SECRET_KEYS, read_env_file
 from deploy.install import systemd_running
 from deploy.profile import vm_profile
 from deploy.services import health, wait_until
-from tests.helpers import BUNDLE, DEPLOY_MARKS, deploy_venv, free_port, make, role_permissions
+from tests.helpers import BUNDLE, DEPLOY_MARKS, deploy_venv, free_port, link_deploy_venv, make, role_permissions
 
 pytestmark = DEPLOY_MARKS
 
@@ -67,8 +67,7 @@ def deployed(user: str, db: str) -> Iterator[Deployment]:
     # The same names from a session that was killed before its clean-up: start from nothing.
     subprocess.run(undeploy, cwd=BUNDLE, env=env, capture_output=True)
     try:
-        (root / "opt").mkdir()
-        (root / "opt" / "venv").symlink_to(deploy_venv())
+        link_deploy_venv(root / "opt")
         first = make(env, "deploy")
         assert first.returncode == 0, first.stderr[-2000:]
         yield Deployment(env, root, first)
